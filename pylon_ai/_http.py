@@ -1,0 +1,98 @@
+"""
+HTTP clients for talking to providers: one shared connection pool, real TLS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from treq.client import HTTPClient
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+#: Idle pooled connections are closed after this many seconds: below the idle
+#: timeout of the providers' load balancers, so a pooled connection is not
+#: reused just as the far end drops it.
+POOL_IDLE_SECONDS = 30.0
+#: Idle connections kept per host; concurrency is not capped by this.
+POOL_PER_HOST = 64
+
+
+@implementer(IOpenSSLTrustRoot)
+class PlatformTrustPlusCA:
+    """
+    Trust the platform's store (OpenSSL's default paths, so C{SSL_CERT_FILE}
+    works) and one more CA file besides.
+
+    C{BrowserLikePolicyForHTTPS(trustRoot=...)} replaces the platform store
+    rather than adding to it; this root adds.
+    """
+
+    def __init__(self, ca_file: str) -> None:
+        """
+        @param ca_file: A PEM file of one or more CA certificates.
+        @raise OSError: If the file cannot be read.
+        """
+        with open(ca_file, "rb"):
+            pass
+        self._ca_file = ca_file
+
+    def _addCACertsToContext(self, context: SSL.Context) -> None:
+        context.set_default_verify_paths()
+        context.load_verify_locations(self._ca_file)
+
+
+def make_http_client(
+    reactor: Any = None,
+    *,
+    trust_root: IOpenSSLTrustRoot | None = None,
+    ca_file: str | None = None,
+    persistent: bool = True,
+    pool: HTTPConnectionPool | None = None,
+) -> HTTPClient:
+    """
+    A C{treq.HTTPClient} with a persistent connection pool and verified TLS.
+
+    @param reactor: The reactor; the global one if L{None}.
+    @param trust_root: Trust exactly this root (e.g. a test CA) instead of
+        the platform store.
+    @param ca_file: Trust this CA file I{as well as} the platform store.
+    @param persistent: Keep connections open between requests.
+    @param pool: Use this pool rather than a new one.
+    @return: The client.  Close its pool with
+        C{client._agent._pool.closeCachedConnections()} or keep the pool you
+        passed and close that.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    if trust_root is not None and ca_file is not None:
+        raise ValueError("give trust_root or ca_file, not both")
+    if ca_file is not None:
+        trust_root = PlatformTrustPlusCA(ca_file)
+    if pool is None:
+        pool = HTTPConnectionPool(reactor, persistent=persistent)
+        pool.maxPersistentPerHost = POOL_PER_HOST
+        pool.cachedConnectionTimeout = POOL_IDLE_SECONDS  # type: ignore[assignment]
+    policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+_shared: dict[int, tuple[object, HTTPClient]] = {}
+
+
+def shared_http_client(reactor: IReactorTime) -> HTTPClient:
+    """
+    The one client (and pool) shared by plugins that were given no
+    C{http_client}, per reactor.
+    """
+    entry = _shared.get(id(reactor))
+    if entry is None or entry[0] is not reactor:
+        entry = (reactor, make_http_client(reactor))
+        _shared[id(reactor)] = entry
+    return entry[1]

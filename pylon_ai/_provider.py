@@ -1,0 +1,127 @@
+"""
+Provider settings: immutable values that say where a plugin sends requests.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from attrs import field, frozen
+
+from pylon_ai._anthropic import MESSAGES_PATH
+from pylon_ai._openai import CHAT_PATH
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+OPENAI_BASE_URL = "https://api.openai.com"
+
+
+def _check_base(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base URL must be http:// or https:// with a host: {url!r}")
+    return url
+
+
+def _none_if_empty(model: str | None) -> str | None:
+    return model or None
+
+
+def _mask(key: str) -> str:
+    return "''" if not key else "'***'"
+
+
+@frozen(repr=False)
+class AnthropicProvider:
+    """
+    Anthropic's Messages API.
+
+    @ivar api_key: The key sent as C{x-api-key}; never shown in C{repr}.
+    @ivar model: The model, e.g. C{"claude-sonnet-4-20250514"}.
+    @ivar base_url: C{scheme://host[:port]} without C{/v1}.
+    """
+
+    kind: ClassVar[str] = "anthropic"
+    api_key: str
+    model: str
+    base_url: str = field(default=ANTHROPIC_BASE_URL, converter=_check_base)
+
+    @property
+    def url(self) -> str:
+        """
+        The full URL requests go to.
+        """
+        return self.base_url.rstrip("/") + MESSAGES_PATH
+
+    def __repr__(self) -> str:
+        return (
+            f"AnthropicProvider(api_key={_mask(self.api_key)}, model={self.model!r}, "
+            f"base_url={self.base_url!r})"
+        )
+
+
+@frozen(repr=False)
+class OpenAIProvider:
+    """
+    OpenAI's Chat Completions API.
+
+    @ivar api_key: The key sent as C{Authorization: Bearer}; never shown in
+        C{repr}.
+    @ivar model: The model, e.g. C{"gpt-4o"}.
+    @ivar base_url: C{scheme://host[:port]} without C{/v1}.
+    """
+
+    kind: ClassVar[str] = "openai"
+    api_key: str
+    model: str
+    base_url: str = field(default=OPENAI_BASE_URL, converter=_check_base)
+
+    @property
+    def url(self) -> str:
+        """
+        The full URL requests go to.
+        """
+        return self.base_url.rstrip("/") + CHAT_PATH
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIProvider(api_key={_mask(self.api_key)}, model={self.model!r}, "
+            f"base_url={self.base_url!r})"
+        )
+
+
+@frozen(repr=False)
+class CustomProvider:
+    """
+    Any OpenAI-compatible endpoint (Ollama, vLLM, Groq, Together...).
+
+    @ivar base_url: The endpoint.  A URL with a path other than C{/} is used
+        as it is; a bare C{scheme://host[:port]} (or one ending in C{/}) gets
+        C{/v1/chat/completions}.  The port is honoured.
+    @ivar api_key: Sent as C{Authorization: Bearer} unless empty.
+    @ivar model: The model to name in requests, or L{None} to name none.
+    """
+
+    kind: ClassVar[str] = "custom"
+    base_url: str = field(converter=_check_base)
+    api_key: str
+    model: str | None = field(default=None, converter=_none_if_empty)
+
+    @property
+    def url(self) -> str:
+        """
+        The full URL requests go to.
+        """
+        parts = urlsplit(self.base_url)
+        if parts.path in ("", "/"):
+            return self.base_url.rstrip("/") + CHAT_PATH
+        return self.base_url
+
+    def __repr__(self) -> str:
+        return (
+            f"CustomProvider(base_url={self.base_url!r}, "
+            f"api_key={_mask(self.api_key)}, model={self.model!r})"
+        )
+
+
+Provider = AnthropicProvider | OpenAIProvider | CustomProvider

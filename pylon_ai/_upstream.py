@@ -1,0 +1,398 @@
+"""
+One streaming HTTP request to a provider, with an idle timeout, clean
+cancellation and provider errors mapped to L{ProviderError}.
+
+The library's plugin and the gateway service both use L{StreamCall}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+from typing import Protocol as TypingProtocol
+from urllib.parse import urlsplit
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionDone,
+    ConnectionLost,
+    DNSLookupError,
+)
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+
+from pylon_ai._errors import (
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStreamError,
+    ProviderTimeout,
+    excerpt,
+)
+from pylon_ai._events import ModelEvent, StreamError
+from pylon_ai._json import loads
+from pylon_ai._sse import DEFAULT_MAX_LINE_LENGTH, Event, LineTooLong, SSEProtocol
+
+#: The most of an error response body read before the connection is dropped.
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class StreamDecoder(TypingProtocol):
+    """
+    Turns SSE events of one wire format into model events.
+    """
+
+    finished: bool
+
+    def feed(self, event_type: str, data: str) -> Iterable[ModelEvent]: ...
+
+    def finish(self) -> Iterable[ModelEvent] | None: ...
+
+
+def error_from_body(label: str, status: int, body: bytes) -> ProviderError:
+    """
+    The L{ProviderError} for a non-2xx response.
+
+    Understands Anthropic's C{{"type": "error", "error": {...}}}, OpenAI's
+    C{{"error": {"message", "type", "code"}}} and the C{{"error": "..."}},
+    C{{"detail": ...}} and C{{"message": ...}} shapes of compatible servers.
+    """
+    error_type: str | None = None
+    detail: str | None = None
+    try:
+        obj = loads(body)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, str):
+            detail = err
+        elif isinstance(err, dict):
+            if isinstance(err.get("type"), str):
+                error_type = err["type"]
+            for key in ("message", "detail"):
+                if isinstance(err.get(key), str):
+                    detail = err[key]
+                    break
+    if detail is None:
+        detail = body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+    return ProviderError(
+        f"{label} returned HTTP {status}: {detail}",
+        status=status,
+        error_type=error_type,
+        body=excerpt(body),
+    )
+
+
+def connection_error(label: str, failure: Failure) -> ProviderError:
+    """
+    The L{ProviderError} for a request that got no response.
+    """
+    reasons = [failure]
+    inner = getattr(failure.value, "reasons", None)
+    if inner:
+        reasons.extend(inner)
+    for reason in reasons:
+        if reason.check(VerificationError):
+            return ProviderConnectionError(
+                f"TLS certificate of {label} does not match its host name"
+            )
+        if reason.check(SSL.Error):
+            return ProviderConnectionError(
+                f"TLS handshake with {label} failed: {_ssl_reason(reason.value)}"
+            )
+    for reason in reasons:
+        if reason.check(DNSLookupError):
+            return ProviderConnectionError(f"cannot resolve the host of {label}")
+        if reason.check(ConnectError):
+            return ProviderConnectionError(
+                f"cannot connect to {label}: {reason.getErrorMessage()}"
+            )
+    return ProviderConnectionError(
+        f"connection to {label} failed before a response: "
+        f"{type(reasons[-1].value).__name__}"
+    )
+
+
+def _ssl_reason(err: BaseException | None) -> str:
+    args = getattr(err, "args", ())
+    for group in args:
+        for item in group if isinstance(group, list) else ():
+            if isinstance(item, tuple) and item and isinstance(item[-1], str):
+                return item[-1]
+    return "TLS error"
+
+
+class _UpstreamBody(SSEProtocol):
+    """
+    The SSE parser, noting progress for the idle timeout on every read.
+    """
+
+    def __init__(
+        self,
+        call: StreamCall,
+        on_event: Callable[[Event], object],
+        max_line: int,
+        on_raw: Callable[[bytes], object] | None,
+    ) -> None:
+        super().__init__(on_event, max_line)
+        self._call = call
+        self._on_raw = on_raw
+
+    def dataReceived(self, data: bytes) -> None:
+        self._call.progress()
+        if self._on_raw is not None:
+            self._on_raw(data)
+        super().dataReceived(data)
+
+
+class _ErrorBody(Protocol):
+    """
+    Collects the start of an error body, and no more than that.
+    """
+
+    def __init__(self, call: StreamCall, done: Callable[[bytes], None]) -> None:
+        self._call = call
+        self._done = done
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self._call.progress()
+        if self._size < _ERROR_BODY_LIMIT:
+            self._parts.append(data)
+            self._size += len(data)
+            if self._size >= _ERROR_BODY_LIMIT and self.transport is not None:
+                self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._done(b"".join(self._parts)[:_ERROR_BODY_LIMIT])
+
+
+class StreamCall:
+    """
+    One POST to a provider whose reply is an event stream.
+
+    L{deferred} fires with L{None} once the stream finished cleanly, after
+    C{on_event} saw every model event; it fails with a L{ProviderError} (or
+    the exception C{on_event} raised) otherwise.  Cancelling it aborts the
+    request and closes its connection.
+
+    @ivar deferred: The outcome.
+    @ivar response: The upstream response once its headers arrived.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        decoder: StreamDecoder,
+        on_event: Callable[[ModelEvent], object],
+        *,
+        label: str,
+        timeout: float,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        on_raw: Callable[[bytes], object] | None = None,
+    ) -> None:
+        """
+        @param clock: Schedules the idle timeout.
+        @param decoder: The wire format's decoder.
+        @param on_event: Called with each model event, in order.
+        @param label: Names the provider in error messages (never a key).
+        @param timeout: Seconds without progress before the call fails.
+        @param max_line_length: The longest SSE line accepted.
+        @param on_raw: If given, called with each read of the body before it
+            is parsed (for pass-through).
+        """
+        self._clock = clock
+        self._decoder = decoder
+        self._on_event = on_event
+        self._label = label
+        self._timeout = timeout
+        self._max_line = max_line_length
+        self._on_raw = on_raw
+        self.deferred: Deferred[None] = Deferred(self._cancel)
+        self.response: IResponse | None = None
+        self._timer: IDelayedCall | None = None
+        self._last_progress = 0.0
+        self._request: Deferred[Any] | None = None
+        self._body: Protocol | None = None
+        self._over = False
+
+    @classmethod
+    def label_for(cls, url: str) -> str:
+        """
+        A safe name for an upstream in messages: its scheme, host and port.
+        """
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+    def start(
+        self, client: Any, url: str, headers: dict[str, str], body: bytes
+    ) -> Deferred[None]:
+        """
+        Send the request.
+
+        @param client: A C{treq.HTTPClient}.
+        @return: L{deferred}.
+        """
+        self._last_progress = self._clock.seconds()
+        self._timer = self._clock.callLater(self._timeout, self._check_idle)
+        try:
+            request = client.request(
+                "POST", url, headers=headers, data=body, unbuffered=True
+            )
+        except Exception:
+            self._fail(Failure())
+            return self.deferred
+        self._request = request
+        request.addCallbacks(self._got_response, self._request_failed)
+        return self.deferred
+
+    def progress(self) -> None:
+        """
+        Note that bytes arrived: the idle timeout starts again.
+        """
+        self._last_progress = self._clock.seconds()
+
+    def _check_idle(self) -> None:
+        # A lazy timer: reads only note the time, and the timer re-arms itself
+        # for what is left, so no reactor call happens per chunk.
+        idle = self._clock.seconds() - self._last_progress
+        if idle < self._timeout:
+            self._timer = self._clock.callLater(self._timeout - idle, self._check_idle)
+            return
+        self._timer = None
+        self._abort()
+        where = "waiting for the response" if self.response is None else "mid-stream"
+        self._fail(
+            ProviderTimeout(
+                f"no progress from {self._label} for {self._timeout:g} s ({where})"
+            )
+        )
+
+    def _abort(self) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            request.cancel()
+        elif self._body is not None and self._body.transport is not None:
+            self._body.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        if self._over:
+            return
+        self._over = True
+        self._stop_timer()
+        self._abort()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _succeed(self) -> None:
+        if not self._over:
+            self._over = True
+            self._stop_timer()
+            self.deferred.callback(None)
+
+    def _fail(self, reason: Failure | BaseException) -> None:
+        if not self._over:
+            self._over = True
+            self._stop_timer()
+            self.deferred.errback(reason)
+
+    def _request_failed(self, failure: Failure) -> None:
+        self._request = None
+        if self._over:
+            return
+        if failure.check(CancelledError):
+            self._fail(failure)
+            return
+        self._fail(connection_error(self._label, failure))
+
+    def _got_response(self, response: IResponse) -> None:
+        self._request = None
+        self.response = response
+        if self._over:
+            return
+        self.progress()
+        status = response.code
+        if not 200 <= status < 300:
+            self._body = _ErrorBody(
+                self,
+                lambda body: self._fail(error_from_body(self._label, status, body)),
+            )
+            response.deliverBody(self._body)
+            return
+        ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        if b"event-stream" not in ctype:
+            self._body = _ErrorBody(self, lambda body: self._wrong_type(ctype, body))
+            response.deliverBody(self._body)
+            return
+        body = _UpstreamBody(self, self._sse_event, self._max_line, self._on_raw)
+        self._body = body
+        response.deliverBody(body)
+        body.done.addCallbacks(self._body_done, self._body_failed)
+
+    def _wrong_type(self, ctype: bytes, body: bytes) -> None:
+        self._fail(
+            ProviderStreamError(
+                f"{self._label} answered a streaming request with "
+                f"{ctype.decode('latin-1') or 'no content type'}, "
+                "not text/event-stream",
+                status=self.response.code if self.response else None,
+                body=excerpt(body),
+            )
+        )
+
+    def _emit(self, events: Iterable[ModelEvent] | None) -> None:
+        for event in events or ():
+            if type(event) is StreamError:
+                raise ProviderStreamError(
+                    f"{self._label} reported an error in the stream: {event.message}",
+                    status=event.status,
+                    error_type=event.error_type,
+                    body=event.body,
+                )
+            self._on_event(event)
+
+    def _sse_event(self, event: Event) -> None:
+        self._emit(self._decoder.feed(event.type, event.data))
+
+    def _body_done(self, _: None) -> None:
+        if self._over:
+            return
+        try:
+            self._emit(self._decoder.finish())
+        except BaseException:
+            self._fail(Failure())
+        else:
+            self._succeed()
+
+    def _body_failed(self, failure: Failure) -> None:
+        if self._over:
+            return
+        if failure.check(PotentialDataLoss):
+            # No length and no chunking: the close is the end of the body.
+            self._body_done(None)
+        elif failure.check(LineTooLong):
+            self._fail(ProviderStreamError(f"{self._label}: {failure.value}"))
+        elif not failure.check(ResponseFailed, ConnectionLost):
+            self._fail(failure)  # a ProviderError, or what on_event raised
+        elif self._decoder.finished:
+            self._succeed()
+        else:
+            self._fail(
+                ProviderStreamError(
+                    f"connection to {self._label} lost mid-stream, "
+                    "before the stream finished"
+                )
+            )
