@@ -128,19 +128,20 @@ class SSEProtocol(LineReceiver):
         else:
             lines = buf.split(b"\n")
         rest = lines.pop()
-        if len(rest) > self.MAX_LENGTH:
-            self._buffer = b""
-            self.lineLengthExceeded(rest)
-            return
-        self._buffer = rest
+        self._buffer = b""
+        # Complete lines first: the events they finish are owed to the
+        # caller whatever the split, even if the tail is over the bound.
         for line in lines:
             if len(line) > self.MAX_LENGTH:
-                self._buffer = b""
                 self.lineLengthExceeded(line)
                 return
             self.lineReceived(line)
             if self._failed is not None:
                 return
+        if len(rest) > self.MAX_LENGTH:
+            self.lineLengthExceeded(rest)
+            return
+        self._buffer = rest
 
     def lineReceived(self, line: bytes) -> None:
         """
@@ -163,7 +164,11 @@ class SSEProtocol(LineReceiver):
                 self.lastEventId = raw.decode("utf-8", "replace")
         elif name == b"retry":
             if raw.isdigit():
-                self.retry = int(raw)
+                try:
+                    self.retry = int(raw)
+                except ValueError:
+                    # Past sys.get_int_max_str_digits(): no sane delay anyway.
+                    pass
 
     def _dispatch(self) -> None:
         if not self._data:
