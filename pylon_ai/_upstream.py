@@ -140,16 +140,12 @@ class _UpstreamBody(SSEProtocol):
         call: StreamCall,
         on_event: Callable[[Event], object],
         max_line: int,
-        on_raw: Callable[[bytes], object] | None,
     ) -> None:
         super().__init__(on_event, max_line)
         self._call = call
-        self._on_raw = on_raw
 
     def dataReceived(self, data: bytes) -> None:
         self._call.progress()
-        if self._on_raw is not None:
-            self._on_raw(data)
         super().dataReceived(data)
 
 
@@ -198,7 +194,7 @@ class StreamCall:
         label: str,
         timeout: float,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
-        on_raw: Callable[[bytes], object] | None = None,
+        on_sse: Callable[[Event, list[ModelEvent]], object] | None = None,
     ) -> None:
         """
         @param clock: Schedules the idle timeout.
@@ -207,8 +203,9 @@ class StreamCall:
         @param label: Names the provider in error messages (never a key).
         @param timeout: Seconds without progress before the call fails.
         @param max_line_length: The longest SSE line accepted.
-        @param on_raw: If given, called with each read of the body before it
-            is parsed (for pass-through).
+        @param on_sse: If given, called with each SSE event of the stream
+            and the model events it decoded to, before C{on_event} sees
+            them (for pass-through).  Error events are not passed to it.
         """
         self._clock = clock
         self._decoder = decoder
@@ -216,7 +213,7 @@ class StreamCall:
         self._label = label
         self._timeout = timeout
         self._max_line = max_line_length
-        self._on_raw = on_raw
+        self._on_sse = on_sse
         self.deferred: Deferred[None] = Deferred(self._cancel)
         self.response: IResponse | None = None
         self._timer: IDelayedCall | None = None
@@ -337,7 +334,7 @@ class StreamCall:
             self._body = _ErrorBody(self, lambda body: self._wrong_type(ctype, body))
             response.deliverBody(self._body)
             return
-        body = _UpstreamBody(self, self._sse_event, self._max_line, self._on_raw)
+        body = _UpstreamBody(self, self._sse_event, self._max_line)
         self._body = body
         response.deliverBody(body)
         body.done.addCallbacks(self._body_done, self._body_failed)
@@ -353,6 +350,16 @@ class StreamCall:
             )
         )
 
+    @property
+    def producer(self) -> Any:
+        """
+        The upstream body's C{IPushProducer} once the stream is flowing (for
+        flow control towards a slow client), else L{None}.
+        """
+        if isinstance(self._body, _UpstreamBody):
+            return self._body.transport
+        return None
+
     def _emit(self, events: Iterable[ModelEvent] | None) -> None:
         for event in events or ():
             if type(event) is StreamError:
@@ -365,7 +372,14 @@ class StreamCall:
             self._on_event(event)
 
     def _sse_event(self, event: Event) -> None:
-        self._emit(self._decoder.feed(event.type, event.data))
+        events = self._decoder.feed(event.type, event.data)
+        if self._on_sse is not None:
+            events = list(events)
+            for e in events:
+                if type(e) is StreamError:
+                    self._emit((e,))
+            self._on_sse(event, events)
+        self._emit(events)
 
     def _body_done(self, _: None) -> None:
         if self._over:

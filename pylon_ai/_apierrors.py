@@ -1,0 +1,143 @@
+"""
+Errors as the gateway's clients see them: a status, and a body or stream
+event in the shape of the API that was called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+
+from twisted.internet.defer import CancelledError
+
+from pylon_ai._encode import anthropic_error_body, openai_error_body, sse_frame
+from pylon_ai._errors import ProviderConnectionError, ProviderError, ProviderTimeout
+from pylon_ai._json import dumps, loads
+from pylon_ai._translate import TranslationError
+
+_ANTHROPIC_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+_OPENAI_TYPE = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "model_not_found"),
+    413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", None),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    499: ("api_error", "cancelled"),
+    502: ("upstream_error", "upstream_error"),
+    503: ("overloaded_error", "overloaded"),
+    504: ("timeout_error", "upstream_timeout"),
+}
+#: Upstream statuses that are the client's own mistake: passed on as they are.
+_CLIENT_MISTAKES = frozenset((400, 404, 413, 422))
+
+
+@frozen
+class ApiError(Exception):
+    """
+    An error to answer a client with.
+
+    @ivar status: The HTTP status.
+    @ivar message: Readable text (never a key).
+    @ivar param: The offending request field, if known.
+    @ivar retry_after: Seconds for a C{retry-after} header, if any.
+    """
+
+    status: int
+    message: str
+    param: str | None = None
+    retry_after: str | None = None
+
+    def body(self, api: str) -> dict[str, Any]:
+        """
+        The error body in the shape of C{api}.
+        """
+        if api == "anthropic":
+            return anthropic_error_body(self.anthropic_type, self.message)
+        error_type, code = _OPENAI_TYPE.get(self.status, ("api_error", None))
+        body = openai_error_body(self.message, error_type, code)
+        body["error"]["param"] = self.param
+        return body
+
+    @property
+    def anthropic_type(self) -> str:
+        """
+        Anthropic's error type for this error.
+        """
+        return _ANTHROPIC_TYPE.get(self.status, "api_error")
+
+    def event(self, api: str) -> bytes:
+        """
+        The stream event that ends a stream that already began.
+        """
+        if api == "anthropic":
+            return sse_frame(dumps(self.body(api)), "error")
+        return sse_frame(dumps(self.body(api)))
+
+
+def _upstream_detail(error: ProviderError) -> str:
+    if error.body:
+        try:
+            obj = loads(error.body)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            err = obj.get("error", obj)
+            if isinstance(err, dict) and isinstance(err.get("message"), str):
+                return str(err["message"])
+            if isinstance(err, str):
+                return err
+    return error.message
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """
+    The client-facing error for what went wrong.
+
+    Upstream 400/404/413/422 are the client's mistake and keep their status
+    and message; an upstream 401/403 is the gateway's own key, a 502; 429
+    stays 429; timeouts are 504; everything else is a 502 that does not show
+    upstream addresses.
+    """
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, TranslationError):
+        return ApiError(400, exc.message, exc.param)
+    if isinstance(exc, ProviderTimeout):
+        return ApiError(504, "the upstream provider timed out")
+    if isinstance(exc, ProviderError):
+        status = exc.status
+        if status in _CLIENT_MISTAKES:
+            return ApiError(status, _upstream_detail(exc))
+        if status == 429:
+            return ApiError(429, "the upstream provider is rate limiting requests")
+        if status in (529, 503) or exc.error_type == "overloaded_error":
+            return ApiError(502, "the upstream provider is overloaded")
+        if status is not None:
+            return ApiError(502, f"the upstream provider failed (HTTP {status})")
+        return ApiError(502, f"the upstream provider failed: {_public(exc)}")
+    if isinstance(exc, CancelledError):
+        return ApiError(499, "the request was cancelled")
+    return ApiError(502, "the upstream stream could not be handled")
+
+
+def _public(exc: ProviderError) -> str:
+    # The library's messages name the upstream's address; clients get the
+    # kind of failure only.
+    if isinstance(exc, ProviderConnectionError):
+        return "could not connect"
+    return "the stream broke off or was malformed"

@@ -1,0 +1,147 @@
+"""
+Backends: the runtime side of each configured deployment.
+
+A backend takes a request body already in its own wire format, opens the
+upstream stream and reports model events (and, for pass-through, the raw SSE
+events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from pylon_ai import _anthropic, _openai
+from pylon_ai._config import ModelConfig, ServerConfig
+from pylon_ai._events import ModelEvent
+from pylon_ai._json import dumps
+from pylon_ai._mock import MOCK_MODEL, MockCall
+from pylon_ai._provider import (
+    ANTHROPIC_BASE_URL,
+    OPENAI_BASE_URL,
+    AnthropicProvider,
+    CustomProvider,
+    OpenAIProvider,
+)
+from pylon_ai._sse import Event
+from pylon_ai._upstream import StreamCall
+
+OnEvent = Callable[[ModelEvent], object]
+OnSSE = Callable[[Event, list[ModelEvent]], object]
+
+
+class Call(Protocol):
+    """
+    An upstream reply in progress.
+    """
+
+    deferred: Deferred[None]
+
+    @property
+    def producer(self) -> Any: ...
+
+
+class Backend:
+    """
+    One deployment of a model name.
+
+    @ivar format: The wire format it speaks: C{"anthropic"}, C{"openai"}, or
+        C{"mock"} (which reads a body of either format).
+    @ivar in_flight: Requests open on it now.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        server: ServerConfig,
+        clock: IReactorTime,
+        http_client: Any,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._clock = clock
+        self._client = http_client
+        self._timeout = config.timeout_s or server.upstream_timeout_s
+        self._max_line = server.max_line_bytes
+        self.in_flight = 0
+        self.provider = config.provider
+        self.url = ""
+        self.model: str | None = config.model
+        if config.provider == "anthropic":
+            self.format = "anthropic"
+            self.url = AnthropicProvider(
+                config.api_key,
+                config.model or "",
+                config.base_url or ANTHROPIC_BASE_URL,
+            ).url
+        elif config.provider == "openai":
+            self.format = "openai"
+            self.url = OpenAIProvider(
+                config.api_key, config.model or "", config.base_url or OPENAI_BASE_URL
+            ).url
+        elif config.provider == "custom":
+            self.format = "openai"
+            self.url = CustomProvider(
+                config.base_url or "", config.api_key, config.model
+            ).url
+        else:
+            self.format = "mock"
+            self.model = MOCK_MODEL
+        self.label = StreamCall.label_for(self.url) if self.url else "mock"
+
+    @property
+    def max_tokens_field(self) -> str:
+        """
+        How this upstream names the reply length limit.
+        """
+        return "max_completion_tokens" if self.provider == "openai" else "max_tokens"
+
+    def open(
+        self, body: dict[str, Any], on_event: OnEvent, on_sse: OnSSE | None
+    ) -> Call:
+        """
+        Start a streaming request.
+
+        @param body: The request, in this backend's format (the mock takes
+            either); C{model} and C{stream} are set here.
+        @param on_event: Called with each model event.
+        @param on_sse: Called with each raw SSE event, for pass-through.
+        """
+        self.in_flight += 1
+        call: StreamCall | MockCall
+        if self.format == "mock":
+            call = MockCall(self._clock, body, on_event)
+            call.start()
+        else:
+            body = dict(body)
+            body["stream"] = True
+            if self.format == "anthropic":
+                body["model"] = self.model
+                body.setdefault("max_tokens", self.config.max_tokens)
+                headers = _anthropic.request_headers(self.config.api_key)
+                decoder: Any = _anthropic.AnthropicStreamDecoder()
+            else:
+                if self.model:
+                    body["model"] = self.model
+                body["stream_options"] = {"include_usage": True}
+                headers = _openai.request_headers(self.config.api_key)
+                decoder = _openai.OpenAIStreamDecoder()
+            call = StreamCall(
+                self._clock,
+                decoder,
+                on_event,
+                label=self.label,
+                timeout=self._timeout,
+                max_line_length=self._max_line,
+                on_sse=on_sse,
+            )
+            call.start(self._client, self.url, headers, dumps(body))
+        call.deferred.addBoth(self._finished)
+        return call
+
+    def _finished(self, result: object) -> object:
+        self.in_flight -= 1
+        return result

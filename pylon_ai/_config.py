@@ -1,0 +1,243 @@
+"""
+The service's TOML configuration: loading and validation.
+
+Every key is checked at start: an unknown key, a wrong type or a missing
+environment variable stops the start with a message that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+PROVIDERS = ("anthropic", "openai", "custom", "mock")
+MB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """
+    The configuration is invalid; the message names the bad key.
+    """
+
+
+@frozen
+class ServerConfig:
+    """
+    The C{[server]} table.
+    """
+
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 32 * MB
+    shutdown_grace_s: float = 30.0
+    #: Seconds without progress from an upstream before a request fails.
+    upstream_timeout_s: float = 120.0
+    #: The longest line accepted in an upstream event stream.
+    max_line_bytes: int = 1 * MB
+
+
+@frozen
+class ModelConfig:
+    """
+    One C{[[models]]} entry: a deployment of a model name.
+    """
+
+    name: str
+    provider: str
+    model: str | None = None
+    api_key: str = field(default="", repr=False)
+    base_url: str | None = None
+    ca_file: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    max_tokens: int = 4096
+    timeout_s: float | None = None
+
+
+@frozen
+class Config:
+    """
+    The whole configuration.
+    """
+
+    server: ServerConfig
+    models: tuple[ModelConfig, ...]
+
+    def model_names(self) -> list[str]:
+        """
+        The distinct model names, in the order the file gives them.
+        """
+        return list(dict.fromkeys(m.name for m in self.models))
+
+
+def default_config() -> Config:
+    """
+    The configuration used when no file is given: the built-in mock model.
+    """
+    return Config(ServerConfig(), (ModelConfig(name="mock", provider="mock"),))
+
+
+_SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "api_keys": list,
+    "cors_origins": list,
+    "max_body_bytes": int,
+    "shutdown_grace_s": (int, float),
+    "upstream_timeout_s": (int, float),
+    "max_line_bytes": int,
+}
+
+_MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "provider": str,
+    "model": str,
+    "api_key": str,
+    "api_key_env": str,
+    "base_url": str,
+    "ca_file": str,
+    "fallbacks": list,
+    "max_tokens": int,
+    "timeout_s": (int, float),
+}
+
+
+def _check_types(
+    table: Mapping[str, Any], spec: Mapping[str, type | tuple[type, ...]], where: str
+) -> None:
+    for key, value in table.items():
+        if key not in spec:
+            raise ConfigError(
+                f"unknown key {where}.{key} (known: {', '.join(sorted(spec))})"
+            )
+        want = spec[key]
+        if isinstance(value, bool) or not isinstance(value, want):
+            names = (
+                " or ".join(t.__name__ for t in want)
+                if isinstance(want, tuple)
+                else want.__name__
+            )
+            raise ConfigError(
+                f"{where}.{key} must be {names}, not {type(value).__name__}"
+            )
+
+
+def _strings(value: list[Any], where: str) -> tuple[str, ...]:
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{where} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _positive(value: float, where: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where} must be positive")
+
+
+def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """
+    Validate a parsed TOML document.
+
+    @param data: The document.
+    @param environ: Where C{api_key_env} names are looked up.
+    @raise ConfigError: Naming the first bad key.
+    """
+    for key in data:
+        if key not in ("server", "models"):
+            raise ConfigError(f"unknown table [{key}] (known: [server], [[models]])")
+    raw_server = data.get("server", {})
+    if not isinstance(raw_server, dict):
+        raise ConfigError("[server] must be a table")
+    _check_types(raw_server, _SERVER_KEYS, "server")
+    server_args = dict(raw_server)
+    for key in ("api_keys", "cors_origins"):
+        if key in server_args:
+            server_args[key] = _strings(server_args[key], f"server.{key}")
+    for key in ("max_body_bytes", "shutdown_grace_s", "upstream_timeout_s"):
+        if key in server_args:
+            _positive(server_args[key], f"server.{key}")
+    if "max_line_bytes" in server_args and server_args["max_line_bytes"] < 1024:
+        raise ConfigError("server.max_line_bytes must be at least 1024")
+    server = ServerConfig(**server_args)
+
+    raw_models = data.get("models")
+    if raw_models is None:
+        return Config(server, default_config().models)
+    if not isinstance(raw_models, list) or not raw_models:
+        raise ConfigError("[[models]] must be a non-empty array of tables")
+    models = []
+    for i, raw in enumerate(raw_models):
+        where = f"models[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where} must be a table")
+        _check_types(raw, _MODEL_KEYS, where)
+        for key in ("name", "provider"):
+            if not raw.get(key):
+                raise ConfigError(f"{where}.{key} is required")
+        where = f"models[{i}] ({raw['name']})"
+        provider = raw["provider"]
+        if provider not in PROVIDERS:
+            raise ConfigError(
+                f"{where}.provider must be one of {', '.join(PROVIDERS)}, "
+                f"not {provider!r}"
+            )
+        args = {k: v for k, v in raw.items() if k != "api_key_env"}
+        if "api_key" in raw and "api_key_env" in raw:
+            raise ConfigError(f"{where}: give api_key or api_key_env, not both")
+        if "api_key_env" in raw:
+            var = raw["api_key_env"]
+            if var not in environ:
+                raise ConfigError(
+                    f"{where}.api_key_env: environment variable {var} is not set"
+                )
+            args["api_key"] = environ[var]
+        if provider in ("anthropic", "openai"):
+            if not raw.get("model"):
+                raise ConfigError(f"{where}.model is required for {provider}")
+            if not args.get("api_key"):
+                raise ConfigError(f"{where}: api_key or api_key_env is required")
+        if provider == "custom" and not raw.get("base_url"):
+            raise ConfigError(f"{where}.base_url is required for custom")
+        if "base_url" in raw and not raw["base_url"].startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError(f"{where}.base_url must start with http:// or https://")
+        if "ca_file" in raw and not os.path.isfile(raw["ca_file"]):
+            raise ConfigError(f"{where}.ca_file: no such file {raw['ca_file']}")
+        if "fallbacks" in raw:
+            args["fallbacks"] = _strings(raw["fallbacks"], f"{where}.fallbacks")
+        if "max_tokens" in raw:
+            _positive(raw["max_tokens"], f"{where}.max_tokens")
+        if "timeout_s" in raw:
+            _positive(raw["timeout_s"], f"{where}.timeout_s")
+        models.append(ModelConfig(**args))
+
+    names = {m.name for m in models}
+    for name in names:
+        group = [m for m in models if m.name == name]
+        if len({m.fallbacks for m in group}) > 1:
+            raise ConfigError(
+                f"models named {name!r} disagree on fallbacks; "
+                "deployments of one model must list the same fallbacks"
+            )
+        for fallback in group[0].fallbacks:
+            if fallback not in names:
+                raise ConfigError(f"models ({name}).fallbacks: no model {fallback!r}")
+    return Config(server, tuple(models))
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """
+    Read and validate a TOML configuration file.
+
+    @raise ConfigError: If the file cannot be read or is invalid.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return parse_config(data, os.environ if environ is None else environ)

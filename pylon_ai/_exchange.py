@@ -1,0 +1,361 @@
+"""
+One completion request on an HTTP route, from the client's body to the
+upstream and back, streaming or not, in the caller's API format.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from pylon_ai._apierrors import ApiError, api_error
+from pylon_ai._backends import Backend, Call
+from pylon_ai._encode import (
+    AnthropicStreamEncoder,
+    OpenAIStreamEncoder,
+    ToolCall,
+    anthropic_message_body,
+    openai_completion_body,
+)
+from pylon_ai._errors import ProviderError
+from pylon_ai._events import (
+    MessageStart,
+    ModelEvent,
+    Stop,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    merge_usage,
+)
+from pylon_ai._gateway import Api, Gateway, UnknownModel
+from pylon_ai._json import dumps
+from pylon_ai._sse import Event
+from pylon_ai._translate import TranslationError
+
+_SSE_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+def respond_json(
+    request: Request,
+    status: int,
+    body: Any,
+    headers: dict[bytes, bytes] | None = None,
+) -> None:
+    """
+    Answer C{request} with a JSON body, unless the client already left.
+    """
+    if request.finished or request._disconnected:
+        return
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    request.write(dumps(body))
+    request.finish()
+
+
+def respond_error(
+    request: Request, api: str, error: ApiError, extra: dict[bytes, bytes] | None = None
+) -> None:
+    """
+    Answer with C{error} in the shape of C{api}.
+    """
+    headers = dict(extra or {})
+    if error.retry_after is not None:
+        headers[b"retry-after"] = error.retry_after.encode("ascii")
+    respond_json(request, error.status, error.body(api), headers)
+
+
+class Exchange:
+    """
+    Serves one completion request: picks the backend, translates where the
+    formats differ, passes same-format streams through, and answers with a
+    body, a stream, or an error in the caller's format.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, gateway: Gateway, request: Request, api: Api, route: str
+    ) -> None:
+        self._gateway = gateway
+        self._request = request
+        self._api = api
+        self._route = route
+        self._received = time.perf_counter()
+        self._opened = self._received
+        self._model = "unknown"
+        self._backend: Backend | None = None
+        self._call: Call | None = None
+        self._stream = False
+        self._want_usage = False
+        self._began = False
+        self._gone = False
+        self._status = 0
+        self._ttft: float | None = None
+        self._overhead = 0.0
+        self._usage: Usage | None = None
+        self._upstream_model: str | None = None
+        self._message_id: str | None = None
+        self._encoder: AnthropicStreamEncoder | OpenAIStreamEncoder | None = None
+        self._passthrough = False
+        self._saw_done = False
+        self._text: list[str] = []
+        self._tools: dict[int, list[Any]] = {}
+        self._stop: Stop | None = None
+        self._producer: Any = None
+
+    def run(self, body: dict[str, Any]) -> None:
+        """
+        Start serving a checked request body.
+        """
+        self._stream = bool(body.get("stream"))
+        options = body.get("stream_options") or {}
+        self._want_usage = options.get("include_usage") is True
+        if body["model"] in self._gateway.backends:
+            self._model = body["model"]
+        self._request.notifyFinish().addErrback(self._client_gone)
+        try:
+            backend, call = self._gateway.open(
+                self._api,
+                body,
+                self._event,
+                self._sse if self._stream else None,
+            )
+        except UnknownModel:
+            self._error(
+                ApiError(404, f"model {body['model']!r} is not configured", "model")
+            )
+            return
+        except TranslationError as e:
+            self._error(ApiError(400, e.message, e.param))
+            return
+        self._opened = time.perf_counter()
+        self._backend = backend
+        self._call = call
+        self._passthrough = self._stream and backend.format == self._api
+        if self._stream:
+            self._gateway.metrics.streams_in_flight.inc()
+        call.deferred.addCallbacks(self._done, self._failed)
+
+    # -- the upstream's side ------------------------------------------------
+
+    def _event(self, event: ModelEvent) -> None:
+        kind = type(event)
+        if kind is TextDelta or kind is ToolCallDelta:
+            if self._ttft is None:
+                self._ttft = time.perf_counter() - self._received
+            if not self._stream:
+                if kind is TextDelta:
+                    self._text.append(event.text)  # type: ignore[union-attr]
+                else:
+                    self._tool(event)  # type: ignore[arg-type]
+        elif kind is Usage:
+            self._usage = merge_usage(self._usage, event)  # type: ignore[arg-type]
+        elif kind is MessageStart:
+            self._upstream_model = event.model  # type: ignore[union-attr]
+            self._message_id = event.id  # type: ignore[union-attr]
+        elif kind is Stop:
+            self._stop = event  # type: ignore[assignment]
+        if self._stream and not self._passthrough:
+            encoder = self._encoder or self._make_encoder()
+            out = encoder.encode(event)
+            if out:
+                self._write(out)
+
+    def _sse(self, event: Event, events: list[ModelEvent]) -> None:
+        data = event.data
+        if self._api == "openai":
+            if data == "[DONE]":
+                self._saw_done = True
+            elif (
+                not self._want_usage
+                and '"choices":[]' in data.replace(" ", "")
+                and any(type(e) is Usage for e in events)
+            ):
+                return  # the usage chunk the gateway asked for itself
+            self._write(b"data: " + data.encode("utf-8") + b"\n\n")
+        else:
+            self._write(
+                b"event: "
+                + event.type.encode("utf-8")
+                + b"\ndata: "
+                + data.encode("utf-8")
+                + b"\n\n"
+            )
+
+    def _tool(self, event: ToolCallDelta) -> None:
+        entry = self._tools.get(event.index)
+        if entry is None:
+            entry = self._tools[event.index] = [event.id or "", event.name or "", []]
+        entry[2].append(event.arguments)
+
+    def _make_encoder(self) -> AnthropicStreamEncoder | OpenAIStreamEncoder:
+        model = self._upstream_model or self._default_model()
+        encoder: AnthropicStreamEncoder | OpenAIStreamEncoder
+        if self._api == "anthropic":
+            encoder = AnthropicStreamEncoder(model)
+        else:
+            encoder = OpenAIStreamEncoder(model, include_usage=self._want_usage)
+        self._encoder = encoder
+        return encoder
+
+    def _default_model(self) -> str:
+        if self._backend is not None and self._backend.model:
+            return self._backend.model
+        return self._model
+
+    def _begin(self) -> None:
+        self._began = True
+        self._status = 200
+        request = self._request
+        request.setResponseCode(200)
+        for name, value in _SSE_HEADERS:
+            request.setHeader(name, value)
+        self._set_overhead()
+        producer = self._call.producer if self._call is not None else None
+        if producer is not None and not request._disconnected:
+            request.registerProducer(producer, True)
+            self._producer = producer
+
+    def _set_overhead(self) -> None:
+        self._overhead = self._opened - self._received
+        self._request.setHeader(
+            b"x-pylon-overhead-ms", f"{self._overhead * 1000:.3f}".encode("ascii")
+        )
+
+    def _write(self, data: bytes) -> None:
+        if self._gone:
+            return
+        if not self._began:
+            self._begin()
+        self._request.write(data)
+
+    def _unregister(self) -> None:
+        if self._producer is not None:
+            self._producer = None
+            try:
+                self._request.unregisterProducer()
+            except (AttributeError, RuntimeError):
+                pass  # the client is gone: nothing is registered any more
+
+    def _done(self, _: None) -> None:
+        if self._gone:
+            return
+        if self._stream:
+            if self._passthrough:
+                if self._api == "openai" and not self._saw_done:
+                    self._write(b"data: [DONE]\n\n")
+            else:
+                encoder = self._encoder or self._make_encoder()
+                self._write(encoder.finish())
+            self._unregister()
+            self._request.finish()
+        else:
+            try:
+                body = self._whole_body()
+            except ValueError:
+                self._error(ApiError(502, "the upstream sent invalid tool arguments"))
+                return
+            self._status = 200
+            self._set_overhead()
+            respond_json(self._request, 200, body)
+        self._log()
+
+    def _whole_body(self) -> dict[str, Any]:
+        model = self._upstream_model or self._default_model()
+        calls = [
+            ToolCall(entry[0], entry[1], "".join(entry[2]))
+            for _, entry in sorted(self._tools.items())
+        ]
+        text = "".join(self._text)
+        if self._api == "anthropic":
+            return anthropic_message_body(
+                model=model,
+                text=text,
+                tool_calls=calls,
+                stop=self._stop,
+                usage=self._usage,
+                message_id=self._message_id,
+            )
+        return openai_completion_body(
+            model=model,
+            text=text,
+            tool_calls=calls,
+            stop=self._stop,
+            usage=self._usage,
+            completion_id=self._message_id,
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        if self._gone:
+            self._status = 499
+            self._log()
+            return
+        if not failure.check(ProviderError, CancelledError, TranslationError):
+            self.log.failure(
+                "Unexpected failure serving {route} for model {model}",
+                failure,
+                route=self._route,
+                model=self._model,
+            )
+        self._error(api_error(failure.value or Exception()))
+
+    def _error(self, error: ApiError) -> None:
+        self._status = error.status
+        if self._began:
+            self._unregister()
+            if not self._gone:
+                self._request.write(error.event(self._api))
+                self._request.finish()
+        else:
+            self._set_overhead()
+            respond_error(self._request, self._api, error)
+        self._log()
+
+    def _client_gone(self, reason: Failure) -> None:
+        self._gone = True
+        self._producer = None
+        if self._call is not None and not self._call.deferred.called:
+            self._call.deferred.cancel()
+
+    def _log(self) -> None:
+        if self._stream and self._call is not None:
+            self._gateway.metrics.streams_in_flight.dec()
+            self._stream = False
+        latency = time.perf_counter() - self._received
+        metrics = self._gateway.metrics
+        status = str(self._status)
+        metrics.requests.labels(self._route, self._model, status).inc()
+        metrics.request_seconds.labels(self._route).observe(latency)
+        if self._ttft is not None:
+            metrics.ttft_seconds.labels(self._route).observe(self._ttft)
+        usage = self._usage or Usage()
+        if usage.input_tokens:
+            metrics.tokens.labels(self._model, "in").inc(usage.input_tokens)
+        if usage.output_tokens:
+            metrics.tokens.labels(self._model, "out").inc(usage.output_tokens)
+        self.log.info(
+            "{route} model={model} provider={provider} status={status} "
+            "latency_ms={latency_ms:.1f} ttft_ms={ttft_ms} "
+            "overhead_ms={overhead_ms:.3f} "
+            "tokens_in={tokens_in} tokens_out={tokens_out}",
+            route=self._route,
+            model=self._model,
+            provider=self._backend.provider if self._backend else "-",
+            status=self._status,
+            latency_ms=latency * 1000,
+            ttft_ms="-" if self._ttft is None else f"{self._ttft * 1000:.1f}",
+            overhead_ms=self._overhead * 1000,
+            tokens_in=usage.input_tokens,
+            tokens_out=usage.output_tokens,
+        )

@@ -1,0 +1,342 @@
+"""
+The HTTP side of the service: the routes, client authentication, CORS and
+the request body limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+from importlib import resources as importlib_resources
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from pylon_ai._apierrors import ApiError
+from pylon_ai._exchange import Exchange, respond_error, respond_json
+from pylon_ai._gateway import Api, Gateway, check_request
+from pylon_ai._json import dumps, loads
+from pylon_ai._translate import TranslationError
+
+_ANTHROPIC_PATHS = (b"/v1/messages",)
+_CORS_ALLOW_HEADERS = (
+    b"authorization, content-type, x-api-key, anthropic-version, anthropic-beta, "
+    b"openai-organization, openai-project, x-stainless-arch, x-stainless-lang, "
+    b"x-stainless-os, x-stainless-package-version, x-stainless-runtime, "
+    b"x-stainless-runtime-version, x-stainless-retry-count, x-stainless-timeout, "
+    b"x-stainless-helper-method, anthropic-dangerous-direct-browser-access"
+)
+
+
+def api_for_path(path: bytes) -> Api:
+    """
+    Which API's error shape a path calls for.
+    """
+    return "anthropic" if path.split(b"?", 1)[0] in _ANTHROPIC_PATHS else "openai"
+
+
+def presented_key(request: Any) -> str | None:
+    """
+    The client key of a request: C{Authorization: Bearer KEY} or
+    C{x-api-key: KEY}.
+    """
+    auth = request.getHeader("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return str(value.strip())
+    key = request.getHeader("x-api-key")
+    return str(key) if key else None
+
+
+def key_ok(keys: tuple[str, ...], presented: str | None) -> bool:
+    """
+    Whether C{presented} is one of C{keys}, in time that does not depend on
+    where the strings differ.
+    """
+    if not keys:
+        return True
+    if presented is None:
+        return False
+    given = presented.encode("utf-8", "surrogateescape")
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given, key.encode("utf-8"))
+    return ok
+
+
+class GatewayRequest(Request):
+    """
+    A request that refuses a body over the limit from its C{Content-Length}
+    (or as a chunked body grows past it) with a 413, then closes the
+    connection, without reading the body.
+    """
+
+    max_body_bytes = 32 * 1024 * 1024
+    _too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body_bytes:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._too_large:
+            return
+        self._received += len(data)
+        if self._received > self.max_body_bytes:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._too_large:
+            return
+        super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._too_large = True
+        path = getattr(self.channel, "_path", b"")
+        error = ApiError(
+            413, f"request body larger than {self.max_body_bytes} bytes", None
+        )
+        body = dumps(error.body(api_for_path(path)))
+        head = (
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"connection: close\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        transport = self.channel.transport
+        assert transport is not None
+        transport.write(head + body)
+        transport.loseConnection()
+
+
+class _Base(Resource):
+    """
+    Shared by the routes: CORS and client authentication.
+    """
+
+    isLeaf = True
+    log = Logger()
+    needs_key = True
+    api: Api = "openai"
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.settings = gateway.config.server
+
+    def render(self, request: Request) -> Any:
+        origin = request.getHeader("origin")
+        if origin is not None and self._origin_ok(request, origin):
+            request.setHeader(b"access-control-allow-origin", origin.encode())
+            request.setHeader(b"vary", b"Origin")
+            if request.method == b"OPTIONS":
+                request.setHeader(
+                    b"access-control-allow-methods", b"GET, POST, OPTIONS"
+                )
+                request.setHeader(b"access-control-allow-headers", _CORS_ALLOW_HEADERS)
+                request.setHeader(b"access-control-max-age", b"600")
+                request.setResponseCode(204)
+                return b""
+        if self.needs_key and not key_ok(
+            self.settings.api_keys, presented_key(request)
+        ):
+            respond_error(
+                request,
+                self.api,
+                ApiError(401, "missing or invalid API key"),
+                {b"www-authenticate": b"Bearer"},
+            )
+            return NOT_DONE_YET
+        return super().render(request)
+
+    def _origin_ok(self, request: Request, origin: str) -> bool:
+        if origin in self.settings.cors_origins:
+            return True
+        host = request.getHeader("host")
+        return host is not None and origin.split("://", 1)[-1] == host
+
+
+class _Completions(_Base):
+    route = "/v1/chat/completions"
+
+    def render_POST(self, request: Request) -> Any:
+        try:
+            body = loads(request.content.read())  # type: ignore[union-attr]
+        except ValueError:
+            respond_error(
+                request, self.api, ApiError(400, "the request body is not valid JSON")
+            )
+            return NOT_DONE_YET
+        try:
+            check_request(self.api, body)
+        except TranslationError as e:
+            respond_error(request, self.api, ApiError(400, e.message, e.param))
+            return NOT_DONE_YET
+        Exchange(self.gateway, request, self.api, self.route).run(body)
+        return NOT_DONE_YET
+
+
+class ChatCompletions(_Completions):
+    """
+    C{POST /v1/chat/completions}: OpenAI Chat Completions.
+    """
+
+
+class Messages(_Completions):
+    """
+    C{POST /v1/messages}: Anthropic Messages.
+    """
+
+    api = "anthropic"
+    route = "/v1/messages"
+
+
+class Models(_Base):
+    """
+    C{GET /v1/models}: the configured names, in OpenAI's list shape, or
+    Anthropic's when the request carries C{anthropic-version}.
+    """
+
+    def render_GET(self, request: Request) -> bytes:
+        names = self.gateway.model_names()
+        request.setHeader(b"content-type", b"application/json")
+        if request.getHeader("anthropic-version"):
+            data = [
+                {
+                    "type": "model",
+                    "id": name,
+                    "display_name": name,
+                    "created_at": "2025-01-01T00:00:00Z",
+                }
+                for name in names
+            ]
+            return dumps(
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": names[0] if names else None,
+                    "last_id": names[-1] if names else None,
+                }
+            )
+        return dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": n, "object": "model", "created": 0, "owned_by": "pylon_ai"}
+                    for n in names
+                ],
+            }
+        )
+
+
+class Health(_Base):
+    """
+    C{GET /healthz}.
+    """
+
+    needs_key = False
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"status":"ok"}'
+
+
+class MetricsPage(_Base):
+    """
+    C{GET /metrics}: Prometheus text format.
+    """
+
+    needs_key = False
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.gateway.metrics.render()
+
+
+class ChatPage(_Base):
+    """
+    C{GET /}: the chat page.
+    """
+
+    needs_key = False
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        return (
+            importlib_resources.files("pylon_ai")
+            .joinpath("web/index.html")
+            .read_bytes()
+        )
+
+
+class NotFound(_Base):
+    """
+    Any other path: a 404 in the shape of the API the path looks like.
+    """
+
+    needs_key = False
+
+    def render(self, request: Request) -> Any:
+        respond_json(
+            request,
+            404,
+            ApiError(
+                404, f"no route {request.method.decode()} {request.path.decode()}"
+            ).body(api_for_path(request.path)),
+        )
+        return NOT_DONE_YET
+
+
+class Root(Resource):
+    """
+    The route table.
+    """
+
+    def __init__(self, gateway: Gateway, websocket: Resource | None = None) -> None:
+        super().__init__()
+        self._routes: dict[bytes, Resource] = {
+            b"/": ChatPage(gateway),
+            b"/healthz": Health(gateway),
+            b"/metrics": MetricsPage(gateway),
+            b"/v1/models": Models(gateway),
+            b"/v1/chat/completions": ChatCompletions(gateway),
+            b"/chat/completions": ChatCompletions(gateway),
+            b"/v1/messages": Messages(gateway),
+        }
+        if websocket is not None:
+            self._routes[b"/v1/ws"] = websocket
+        self._not_found = NotFound(gateway)
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        # Route on the whole path at once; the resource tree walk is not
+        # needed for a flat table.
+        resource = self._routes.get(request.path.rstrip(b"/") or b"/")
+        if resource is None:
+            return self._not_found
+        request.postpath = []
+        return resource
+
+
+def make_site(gateway: Gateway, websocket: Resource | None = None) -> Site:
+    """
+    The C{Site} serving every route.
+    """
+    site = Site(Root(gateway, websocket))
+    site.requestFactory = type(  # type: ignore[assignment]
+        "GatewayRequest",
+        (GatewayRequest,),
+        {"max_body_bytes": gateway.config.server.max_body_bytes},
+    )
+    site.displayTracebacks = False
+    # Exchange logs one structured line per completion; the access log
+    # would be a second, unstructured one.
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site

@@ -1,0 +1,114 @@
+"""
+The C{twistd pylon-ai} plugin's options and service.
+
+    twistd -n pylon-ai --port 8080 --config pylon.toml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from pylon_ai._config import Config, ConfigError, default_config, load_config
+from pylon_ai._gateway import Gateway
+from pylon_ai._server import make_site
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd pylon-ai}.
+    """
+
+    synopsis = "[--port PORT|ENDPOINT] [--config FILE]"
+    longdesc = (
+        "An LLM gateway: OpenAI and Anthropic compatible APIs in front of "
+        "Anthropic, OpenAI and OpenAI-compatible servers.  With no --config it "
+        "serves the built-in mock model."
+    )
+    optParameters = [
+        [
+            "port",
+            "p",
+            "8080",
+            "A port number or a Twisted endpoint string, e.g. "
+            "tcp:8080:interface=0.0.0.0 or "
+            "ssl:8443:privateKey=key.pem:certKey=cert.pem",
+        ],
+        ["config", "c", None, "A TOML configuration file."],
+    ]
+
+    def postOptions(self) -> None:
+        """
+        Load the configuration and work out the listening endpoint.
+        """
+        try:
+            self.config: Config = (
+                load_config(self["config"]) if self["config"] else default_config()
+            )
+        except ConfigError as e:
+            raise usage.UsageError(f"bad configuration: {e}") from None
+        port = self["port"].strip()
+        if port.isdigit():
+            # No client keys: listen on loopback only, unless the operator
+            # names an interface in an endpoint string.
+            if self.config.server.api_keys:
+                port = f"tcp:{port}"
+            else:
+                port = f"tcp:{port}:interface=127.0.0.1"
+        self["endpoint"] = port
+
+
+class GatewayService(MultiService):
+    """
+    The gateway: its listening port and the upstream connection pools.
+
+    On stop (SIGTERM) it stops listening, lets open streams finish up to the
+    grace period, then ends the rest with an error event.
+    """
+
+    log = Logger()
+
+    def __init__(self, gateway: Gateway, endpoint: Any) -> None:
+        super().__init__()
+        self.gateway = gateway
+        site = make_site(gateway, websocket_resource(gateway))
+        self.site = site
+        StreamServerEndpointService(endpoint, site).setServiceParent(self)
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        d.addBoth(lambda _: self.gateway.close())
+        return d
+
+
+def websocket_resource(gateway: Gateway) -> Any:
+    """
+    The C{/v1/ws} resource, or L{None} when the WebSocket module is absent.
+    """
+    try:
+        from pylon_ai._websocket import make_websocket_resource
+    except ImportError:
+        return None
+    return make_websocket_resource(gateway)
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the service C{twistd} runs.
+    """
+    from twisted.internet import reactor
+
+    endpoint = serverFromString(reactor, options["endpoint"])
+    gateway = Gateway(options.config, reactor)
+    service = GatewayService(gateway, endpoint)
+    Logger().info(
+        "pylon-ai serving models {models} on {endpoint}",
+        models=", ".join(gateway.model_names()),
+        endpoint=options["endpoint"],
+    )
+    return service
