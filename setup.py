@@ -9,5 +9,5 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["pylon_ai", "pylon_ai.*"]) + ["twisted.plugins"],
-    package_data={"pylon_ai": ["py.typed"], "twisted.plugins": ["pylon_ai_plugin.py"]},
+    package_data={"pylon_ai": ["py.typed", "web/*.html"]},
 )
