@@ -113,6 +113,7 @@ class Exchange:
         self._tools: dict[int, list[Any]] = {}
         self._stop: Stop | None = None
         self._producer: Any = None
+        self._shutting_down = False
 
     def run(self, body: dict[str, Any]) -> None:
         """
@@ -145,7 +146,17 @@ class Exchange:
         self._passthrough = self._stream and backend.format == self._api
         if self._stream:
             self._gateway.metrics.streams_in_flight.inc()
+        self._gateway.track(self)
         call.deferred.addCallbacks(self._done, self._failed)
+
+    def shutdown(self) -> None:
+        """
+        The service is stopping and the grace period is over: end this
+        request with an error (an error event if streaming began).
+        """
+        self._shutting_down = True
+        if self._call is not None and not self._call.deferred.called:
+            self._call.deferred.cancel()
 
     # -- the upstream's side ------------------------------------------------
 
@@ -301,6 +312,9 @@ class Exchange:
             self._status = 499
             self._log()
             return
+        if self._shutting_down:
+            self._error(ApiError(503, "the gateway is shutting down"))
+            return
         if not failure.check(ProviderError, CancelledError, TranslationError):
             self.log.failure(
                 "Unexpected failure serving {route} for model {model}",
@@ -329,6 +343,7 @@ class Exchange:
             self._call.deferred.cancel()
 
     def _log(self) -> None:
+        self._gateway.untrack(self)
         if self._stream and self._call is not None:
             self._gateway.metrics.streams_in_flight.dec()
             self._stream = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from pylon_ai._backends import Backend, Call, OnEvent, OnSSE
@@ -78,6 +79,8 @@ class Gateway:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
+        self.active: set[Any] = set()
+        self._drained: list[Deferred[None]] = []
         self._clients: dict[str | None, Any] = {}
         if http_client is not None:
             self._clients[None] = http_client
@@ -108,6 +111,51 @@ class Gateway:
         return gatherResults(
             [c._agent._pool.closeCachedConnections() for c in self._clients.values()]
         )
+
+    def track(self, request: Any) -> None:
+        """
+        Note a request in flight; it must have a C{shutdown()} method and call
+        L{untrack} when it ends.
+        """
+        self.active.add(request)
+
+    def untrack(self, request: Any) -> None:
+        """
+        Note that a request ended.
+        """
+        self.active.discard(request)
+        if not self.active and self._drained:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Let the requests in flight finish for up to C{grace} seconds, then end
+        the rest (streams get an error event).
+
+        @return: A L{Deferred} that fires when none is left.
+        """
+        if not self.active:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        timer = self.clock.callLater(grace, self._end_all)
+
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
+        return d
+
+    def _end_all(self) -> None:
+        for request in list(self.active):
+            request.shutdown()
+        # Whatever did not end by itself is dropped from the books.
+        for request in list(self.active):
+            self.untrack(request)
 
     def model_names(self) -> list[str]:
         """

@@ -9,6 +9,7 @@ import hmac
 from importlib import resources as importlib_resources
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -325,11 +326,81 @@ class Root(Resource):
         return resource
 
 
-def make_site(gateway: Gateway, websocket: Resource | None = None) -> Site:
+def _transport(protocol: Any) -> Any:
+    # Site wraps each HTTPChannel in a protocol-switching proxy that does not
+    # expose the transport itself.
+    return getattr(getattr(protocol, "_channel", protocol), "transport", None)
+
+
+class GatewaySite(Site):
+    """
+    A C{Site} that knows its open connections, so that a stopping service
+    can flush and close them rather than cut them off.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.connections: set[Any] = set()
+        self._closed: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.connections.add(protocol)
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Any) -> None:
+            self.connections.discard(protocol)
+            try:
+                lost(reason)
+            finally:
+                if not self.connections:
+                    waiters, self._closed = self._closed, []
+                    for d in waiters:
+                        d.callback(None)
+
+        protocol.connectionLost = connection_lost
+        return protocol
+
+    def close_connections(self, clock: Any, timeout: float = 5.0) -> Deferred[None]:
+        """
+        Close every connection once its pending output is written; abort
+        those still open after C{timeout} seconds.
+
+        @return: A L{Deferred} that fires when none is left.
+        """
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed.append(d)
+        for protocol in list(self.connections):
+            transport = _transport(protocol)
+            if transport is not None:
+                transport.loseConnection()
+
+        def abort() -> None:
+            for protocol in list(self.connections):
+                transport = _transport(protocol)
+                if transport is not None:
+                    transport.abortConnection()
+
+        timer = clock.callLater(timeout, abort)
+
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
+        return d
+
+
+def make_site(gateway: Gateway, websocket: Resource | None = None) -> GatewaySite:
     """
     The C{Site} serving every route.
     """
-    site = Site(Root(gateway, websocket))
+    site = GatewaySite(Root(gateway, websocket))
     site.requestFactory = type(  # type: ignore[assignment]
         "GatewayRequest",
         (GatewayRequest,),

@@ -81,7 +81,18 @@ class GatewayService(MultiService):
         StreamServerEndpointService(endpoint, site).setServiceParent(self)
 
     def stopService(self) -> Any:
+        # Stop listening first; then let streams in flight finish for the
+        # grace period; then close the upstream pools.
         d = super().stopService()
+        grace = self.gateway.config.server.shutdown_grace_s
+        if self.gateway.active:
+            self.log.info(
+                "Stopping: waiting up to {grace} s for {n} requests in flight",
+                grace=grace,
+                n=len(self.gateway.active),
+            )
+        d.addBoth(lambda _: self.gateway.drain(grace))
+        d.addBoth(lambda _: self.site.close_connections(self.gateway.clock))
         d.addBoth(lambda _: self.gateway.close())
         return d
 
