@@ -1,0 +1,706 @@
+"""
+A scripted fake LLM provider: a real HTTP(S) server on the loopback interface
+that answers in the Anthropic Messages and OpenAI Chat Completions formats.
+
+The public names are re-exported by L{pylon_ai.testing}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from attrs import define, field, frozen
+
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from pylon_ai._encode import (
+    AnthropicStreamEncoder,
+    OpenAIStreamEncoder,
+    ToolCall,
+    anthropic_error_body,
+    anthropic_message_body,
+    dumps,
+    openai_completion_body,
+    openai_error_body,
+)
+from pylon_ai._errors import ANTHROPIC_ERROR_STATUS
+from pylon_ai._events import (
+    MessageStart,
+    ModelEvent,
+    Stop,
+    StopReason,
+    StreamError,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    import trustme
+    from treq.client import HTTPClient
+
+#: The error type sent for an HTTP status when the reply names none.
+_STATUS_ERROR_TYPE: dict[int, str] = {
+    status: error_type for error_type, status in ANTHROPIC_ERROR_STATUS.items()
+}
+_STATUS_ERROR_TYPE[503] = "overloaded_error"
+
+Format = Literal["anthropic", "openai"]
+
+
+def _tuple(value: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
+def _headers(
+    value: Mapping[str, str] | Sequence[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        return tuple(value.items())
+    return tuple(value)
+
+
+@frozen
+class FakeToolCall:
+    """
+    A tool call the fake streams.
+
+    @ivar id: The call id (C{toolu_...} or C{call_...} by convention).
+    @ivar name: The tool name.
+    @ivar arguments_fragments: The pieces of the JSON arguments, one stream
+        event each; joined they must form a JSON object (for the Anthropic
+        format's whole bodies).
+    """
+
+    id: str
+    name: str
+    arguments_fragments: tuple[str, ...] = field(default=(), converter=_tuple)
+
+
+@frozen
+class FakeReply:
+    """
+    What the fake answers to one request.
+
+    A streamed reply is sent as: the headers and the opening event (after
+    C{first_byte_delay}), then one event per text chunk and per tool-call
+    fragment ("chunks", each after C{chunk_delay}), then the stop, the usage
+    and the end of the stream.
+
+    @ivar chunks: The text pieces.
+    @ivar tool_calls: The tool calls, streamed after the text.
+    @ivar usage: C{(input_tokens, output_tokens)}, or L{None} to report none
+        (the formats then say 0).
+    @ivar stop_reason: In Anthropic's vocabulary (mapped for the OpenAI
+        format); L{None} means C{tool_use} with tool calls, else C{end_turn}.
+    @ivar model: The model named in the reply; L{None} echoes the request's
+        C{model} (or C{"fake-model"} when it has none).
+    @ivar status: The HTTP status.  Anything but 200 answers with an error
+        body in the format's shape.
+    @ivar error_type: The error type of an error body or a C{stream_error};
+        L{None} picks one for the status (C{rate_limit_error} for 429,
+        C{overloaded_error} for 529...).
+    @ivar message: The text of an error body or a C{stream_error}.
+    @ivar retry_after: The C{retry-after} header value, or L{None}.
+    @ivar headers: Extra response headers.
+    @ivar first_byte_delay: Seconds before the response headers are sent.
+    @ivar chunk_delay: Seconds before each chunk.
+    @ivar drop_after: Abort the connection after this many chunks: no clean
+        end of the stream or body.  A whole (non-streaming) body is cut in
+        the middle whatever the number.
+    @ivar stall_after: Send nothing more after this many chunks, keeping the
+        connection open.  A whole body is never sent.
+    @ivar stream_error: After the chunks, send a provider error event
+        instead of the stop: Anthropic's C{event: error}, or an OpenAI-style
+        C{data: {"error": ...}} followed by C{data: [DONE]} as vLLM does.
+    @ivar raw_body: Send exactly these bytes as the body (with C{status} and
+        C{headers}) instead of anything generated, for malformed streams.
+        With C{drop_after} set, the connection is then aborted rather than
+        the body ended.
+    """
+
+    chunks: tuple[str, ...] = field(default=(), converter=_tuple)
+    tool_calls: tuple[FakeToolCall, ...] = field(default=(), converter=_tuple)
+    usage: tuple[int, int] | None = None
+    stop_reason: StopReason | None = None
+    model: str | None = None
+    status: int = 200
+    error_type: str | None = None
+    message: str = "The fake provider was told to fail."
+    retry_after: float | str | None = None
+    headers: tuple[tuple[str, str], ...] = field(default=(), converter=_headers)
+    first_byte_delay: float = 0.0
+    chunk_delay: float = 0.0
+    drop_after: int | None = None
+    stall_after: int | None = None
+    stream_error: bool = False
+    raw_body: bytes | None = None
+
+
+@define(eq=False)
+class RecordedRequest:
+    """
+    A request the fake received.
+
+    @ivar method: The HTTP method, e.g. C{"POST"}.
+    @ivar path: The request path (with any query string).
+    @ivar headers: The request headers, names in lower case (a repeated
+        header keeps its last value).
+    @ivar body: The raw request body.
+    @ivar json: The body parsed as JSON, or L{None} if it is not JSON.
+    @ivar disconnected: Fires with L{None} when the client closed the
+        connection before the response was complete (never when the fake
+        dropped or ended it itself).
+    @ivar finished: Fires with L{None} once the whole response was written.
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    disconnected: Deferred[None] = field(factory=Deferred, init=False)
+    finished: Deferred[None] = field(factory=Deferred, init=False)
+
+    @property
+    def stream(self) -> bool:
+        """
+        Whether the request asked for a stream (C{"stream": true}).
+        """
+        return isinstance(self.json, dict) and self.json.get("stream") is True
+
+
+class _TrackingFactory(WrappingFactory):
+    """
+    Keep track of open connections, and tell waiters when none is left.
+    """
+
+    def __init__(self, site: Site) -> None:
+        super().__init__(site)
+        self._idle: list[Deferred[None]] = []
+
+    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._idle = self._idle, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self) -> Deferred[None]:
+        """
+        Abort every open connection.
+
+        @return: Fires when all are closed.
+        """
+        if not self.protocols:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+        for wrapper in list(self.protocols):
+            wrapper.transport.abortConnection()
+        return waiter
+
+
+@define(eq=False)
+class _Exchange:
+    """
+    Answer one request with one L{FakeReply}.
+    """
+
+    request: Request
+    recorded: RecordedRequest
+    reply: FakeReply
+    format: Format
+    model: str
+    clock: IReactorTime
+    forget: Callable[[_Exchange], None]
+    _pieces: list[ModelEvent] = field(factory=list, init=False)
+    _sent: int = field(default=0, init=False)
+    _call: IDelayedCall | None = field(default=None, init=False)
+    _over: bool = field(default=False, init=False)
+    _aborted: bool = field(default=False, init=False)
+    _encoder: AnthropicStreamEncoder | OpenAIStreamEncoder | None = field(
+        default=None, init=False
+    )
+
+    def begin(self) -> None:
+        self.request.notifyFinish().addBoth(self._connection_done)
+        self._later(self.reply.first_byte_delay, self._respond)
+
+    def shut(self) -> None:
+        """
+        The fake is stopping: send nothing more, and do not take the
+        connection's end for the client's doing.
+        """
+        self._aborted = True
+        self.cancel()
+
+    def cancel(self) -> None:
+        """
+        Send nothing more: cancel any pending delayed call.
+        """
+        self._over = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _connection_done(self, result: Failure | None) -> None:
+        self.cancel()
+        self.forget(self)
+        if isinstance(result, Failure):
+            if not self._aborted:
+                self.recorded.disconnected.callback(None)
+        else:
+            self.recorded.finished.callback(None)
+
+    def _later(self, delay: float, what: Callable[[], None]) -> None:
+        if self._over:
+            return
+        if delay > 0:
+            self._call = self.clock.callLater(delay, what)
+        else:
+            what()
+
+    def _abort(self) -> None:
+        # Close the TCP connection under any TLS layer, once what was written
+        # is sent: not abortConnection(), which would throw that away, and
+        # not a TLS close, which waits for the peer's close_notify.  The
+        # client sees the body cut before its end, as when a peer dies.
+        self._aborted = True
+        self.cancel()
+        transport = self.request.channel.transport
+        while isinstance(transport, ProtocolWrapper):
+            transport = transport.transport
+        if transport is not None:
+            transport.loseConnection()
+
+    def _finish(self) -> None:
+        self._over = True
+        self.request.finish()
+
+    def _respond(self) -> None:
+        self._call = None
+        reply, request = self.reply, self.request
+        request.setResponseCode(reply.status)
+        for name, value in reply.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        if reply.retry_after is not None:
+            request.setHeader("retry-after", str(reply.retry_after))
+        request_id = f"req_fake_{id(self):x}"
+        if self.format == "anthropic":
+            request.setHeader("request-id", request_id)
+        else:
+            request.setHeader("x-request-id", request_id)
+        streaming = self.recorded.stream and reply.status == 200
+        if not request.responseHeaders.hasHeader("content-type"):
+            request.setHeader(
+                "content-type",
+                "text/event-stream; charset=utf-8" if streaming else "application/json",
+            )
+        if reply.raw_body is not None:
+            request.write(reply.raw_body)
+            if reply.drop_after is not None:
+                self._abort()
+            else:
+                self._finish()
+        elif reply.status != 200:
+            request.write(self._error_body())
+            self._finish()
+        elif streaming:
+            self._start_stream()
+        else:
+            self._whole_body()
+
+    def _error_body(self) -> bytes:
+        reply = self.reply
+        error_type = reply.error_type or _STATUS_ERROR_TYPE.get(
+            reply.status, "api_error"
+        )
+        if self.format == "anthropic":
+            return dumps(anthropic_error_body(error_type, reply.message))
+        return dumps(openai_error_body(reply.message, error_type, str(reply.status)))
+
+    def _usage(self) -> Usage | None:
+        if self.reply.usage is None:
+            return None
+        return Usage(*self.reply.usage)
+
+    def _stop(self) -> Stop:
+        reason = self.reply.stop_reason
+        if reason is None:
+            reason = "tool_use" if self.reply.tool_calls else "end_turn"
+        return Stop(reason, reason)
+
+    def _whole_body(self) -> None:
+        reply = self.reply
+        calls = [
+            ToolCall(call.id, call.name, "".join(call.arguments_fragments))
+            for call in reply.tool_calls
+        ]
+        text = "".join(reply.chunks)
+        if self.format == "anthropic":
+            body = anthropic_message_body(
+                model=self.model,
+                text=text,
+                tool_calls=calls,
+                stop=self._stop(),
+                usage=self._usage(),
+            )
+        else:
+            body = openai_completion_body(
+                model=self.model,
+                text=text,
+                tool_calls=calls,
+                stop=self._stop(),
+                usage=self._usage(),
+                created=int(self.clock.seconds()),
+            )
+        data = dumps(body)
+        if reply.drop_after is not None:
+            self.request.write(data[: len(data) // 2])
+            self._abort()
+        elif reply.stall_after is not None:
+            self.request.write(b"")
+            self._over = True
+        else:
+            self.request.write(data)
+            self._finish()
+
+    def _start_stream(self) -> None:
+        reply = self.reply
+        encoder: AnthropicStreamEncoder | OpenAIStreamEncoder
+        if self.format == "anthropic":
+            encoder = AnthropicStreamEncoder(self.model)
+        else:
+            options = self.recorded.json.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(
+                options.get("include_usage")
+            )
+            encoder = OpenAIStreamEncoder(
+                self.model,
+                created=int(self.clock.seconds()),
+                include_usage=include_usage,
+            )
+        self._encoder = encoder
+        encoder.encode(MessageStart(model=self.model))
+        if reply.usage is not None:
+            # Anthropic reports input tokens (and a placeholder output count)
+            # in message_start, the final output count at the end.
+            encoder.encode(Usage(reply.usage[0], 1))
+        self._pieces = [TextDelta(chunk) for chunk in reply.chunks]
+        for index, call in enumerate(reply.tool_calls):
+            fragments = call.arguments_fragments or ("",)
+            self._pieces.append(ToolCallDelta(index, call.id, call.name, fragments[0]))
+            self._pieces.extend(
+                ToolCallDelta(index, arguments=fragment) for fragment in fragments[1:]
+            )
+        self.request.write(encoder.start())
+        self._step()
+
+    def _step(self) -> None:
+        self._call = None
+        reply, encoder = self.reply, self._encoder
+        assert encoder is not None
+        if reply.drop_after is not None and self._sent >= reply.drop_after:
+            self._abort()
+        elif reply.stall_after is not None and self._sent >= reply.stall_after:
+            self._over = True
+        elif self._sent < len(self._pieces):
+            self._later(reply.chunk_delay, self._send_piece)
+        else:
+            self._end_stream(encoder)
+
+    def _send_piece(self) -> None:
+        self._call = None
+        assert self._encoder is not None
+        piece = self._pieces[self._sent]
+        self._sent += 1
+        self.request.write(self._encoder.encode(piece))
+        self._step()
+
+    def _end_stream(
+        self, encoder: AnthropicStreamEncoder | OpenAIStreamEncoder
+    ) -> None:
+        reply = self.reply
+        if reply.stream_error:
+            error_type = reply.error_type or "overloaded_error"
+            status = ANTHROPIC_ERROR_STATUS.get(error_type)
+            data = encoder.encode(StreamError(status, error_type, reply.message))
+            if isinstance(encoder, OpenAIStreamEncoder):
+                data += b"data: [DONE]\n\n"
+            self.request.write(data)
+        else:
+            usage = self._usage()
+            if usage is not None:
+                encoder.encode(usage)
+            self.request.write(encoder.encode(self._stop()) + encoder.finish())
+        self._finish()
+
+
+class _FakeResource(Resource):
+    isLeaf = True
+
+    def __init__(self, provider: FakeProvider) -> None:
+        super().__init__()
+        self._provider = provider
+
+    def render(self, request: Request) -> bytes | int:
+        return self._provider._handle(request)
+
+
+@define(eq=False)
+class FakeProvider:
+    """
+    A scripted fake LLM provider on C{127.0.0.1}, for tests.
+
+    C{POST /v1/messages} (or any path ending in C{/messages}) is answered in
+    Anthropic's Messages format; every other C{POST} path (so
+    C{/v1/chat/completions} and custom endpoint paths) in OpenAI's Chat
+    Completions format.  A request body with C{"stream": true} gets an event
+    stream, any other a whole JSON body.  Other methods get a 405.
+
+    Replies queued with L{enqueue} are served in order, one per request; when
+    the queue is empty L{default_reply} is served.
+
+    @ivar reactor: Listens and connects (a real reactor).
+    @ivar tls: Serve HTTPS with a certificate from a throwaway C{trustme} CA
+        (valid for C{localhost} and C{127.0.0.1}).
+    @ivar clock: Schedules the delays of replies; the reactor if L{None}.  A
+        L{twisted.internet.task.Clock} lets a test move time by hand.
+    @ivar default_reply: Served when the queue is empty.
+    @ivar requests: Every request received, in order.
+    """
+
+    reactor: IReactorTCP
+    tls: bool = field(default=False, kw_only=True)
+    clock: IReactorTime | None = field(default=None, kw_only=True)
+    default_reply: FakeReply = field(
+        default=FakeReply(chunks=("Hello", " from", " the", " fake."), usage=(10, 4)),
+        kw_only=True,
+    )
+    requests: list[RecordedRequest] = field(factory=list, init=False)
+    _queue: deque[FakeReply] = field(factory=deque, init=False)
+    _factory: _TrackingFactory | None = field(default=None, init=False)
+    _port: IListeningPort | None = field(default=None, init=False)
+    _exchanges: set[_Exchange] = field(factory=set, init=False)
+    _pools: list[Any] = field(factory=list, init=False)
+    _ca: trustme.CA | None = field(default=None, init=False)
+    _waiters: list[tuple[int, Deferred[RecordedRequest]]] = field(
+        factory=list, init=False
+    )
+
+    def start(self) -> Deferred[None]:
+        """
+        Start listening on C{127.0.0.1}, on a free port.
+
+        @return: Fires when L{base_url} can be used.
+        """
+        from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+
+        site = Site(_FakeResource(self))
+        site.displayTracebacks = False
+        self._factory = _TrackingFactory(site)
+        endpoint: TCP4ServerEndpoint | SSL4ServerEndpoint
+        if self.tls:
+            import trustme
+
+            self._ca = trustme.CA()
+            cert = self._ca.issue_cert("localhost", "127.0.0.1")
+            from twisted.internet.ssl import PrivateCertificate
+
+            options = PrivateCertificate.loadPEM(
+                cert.private_key_and_cert_chain_pem.bytes()
+            ).options()
+            endpoint = SSL4ServerEndpoint(
+                self.reactor, 0, options, interface="127.0.0.1"
+            )
+        else:
+            endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+
+        def listening(port: IListeningPort) -> None:
+            self._port = port
+
+        return endpoint.listen(self._factory).addCallback(listening)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop listening, close every open connection (and the pools of
+        clients made by L{http_client}), cancel every pending delay.
+
+        @return: Fires when all is closed.
+        """
+        for exchange in list(self._exchanges):
+            exchange.shut()
+        waits: list[Deferred[Any]] = [
+            pool.closeCachedConnections() for pool in self._pools
+        ]
+        self._pools = []
+        if self._port is not None:
+            waits.append(maybeDeferred(self._port.stopListening))
+            self._port = None
+        if self._factory is not None:
+            waits.append(self._factory.close_all())
+        return gatherResults(waits).addCallback(lambda _: None)
+
+    @property
+    def base_url(self) -> str:
+        """
+        C{http://127.0.0.1:PORT}, or C{https://localhost:PORT} with TLS.
+
+        @raise RuntimeError: The fake is not listening.
+        """
+        if self._port is None:
+            raise RuntimeError("the fake provider is not started")
+        port = self._port.getHost().port  # type: ignore[attr-defined]
+        if self.tls:
+            return f"https://localhost:{port}"
+        return f"http://127.0.0.1:{port}"
+
+    @property
+    def ca(self) -> trustme.CA:
+        """
+        The test CA that signed the server certificate (with C{tls=True}).
+
+        @raise RuntimeError: The fake does not use TLS or is not started.
+        """
+        if self._ca is None:
+            raise RuntimeError("no CA: the fake was not started with tls=True")
+        return self._ca
+
+    @property
+    def open_connections(self) -> int:
+        """
+        How many client connections are open now.
+        """
+        return 0 if self._factory is None else len(self._factory.protocols)
+
+    def wait_for_request(self, number: int = 1) -> Deferred[RecordedRequest]:
+        """
+        Wait until the fake has received C{number} requests in all.
+
+        @param number: Counted from 1 since the fake started.
+        @return: Fires with the C{number}th L{RecordedRequest} (at once if it
+            has come already), after the fake began answering it.
+        """
+        if len(self.requests) >= number:
+            return succeed(self.requests[number - 1])
+        waiter: Deferred[RecordedRequest] = Deferred()
+        self._waiters.append((number, waiter))
+        return waiter
+
+    def _notify(self) -> None:
+        ready = [(n, w) for n, w in self._waiters if n <= len(self.requests)]
+        self._waiters = [(n, w) for n, w in self._waiters if n > len(self.requests)]
+        for number, waiter in ready:
+            waiter.callback(self.requests[number - 1])
+
+    def enqueue(self, *replies: FakeReply) -> None:
+        """
+        Queue replies, served in order, one per request.
+
+        @param replies: The replies.
+        """
+        self._queue.extend(replies)
+
+    def http_client(self) -> HTTPClient:
+        """
+        A C{treq} client with its own connection pool that trusts the fake's
+        CA (with C{tls=True}: and only it).  L{stop} closes its pool.
+
+        @return: The client.
+        """
+        from treq.client import HTTPClient
+
+        from twisted.web.client import (
+            Agent,
+            BrowserLikePolicyForHTTPS,
+            HTTPConnectionPool,
+        )
+
+        pool = HTTPConnectionPool(self.reactor)
+        self._pools.append(pool)
+        if self._ca is not None:
+            from twisted.internet.ssl import Certificate
+
+            trust = Certificate.loadPEM(self._ca.cert_pem.bytes())
+            agent = Agent(
+                self.reactor,
+                contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust),
+                pool=pool,
+            )
+        else:
+            agent = Agent(self.reactor, pool=pool)
+        return HTTPClient(agent)
+
+    def _handle(self, request: Request) -> bytes | int:
+        try:
+            return self._answer(request)
+        finally:
+            self._notify()
+
+    def _answer(self, request: Request) -> bytes | int:
+        assert request.method is not None and request.uri is not None
+        body = request.content.read() if request.content is not None else b""
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        headers = {
+            name.decode("latin-1").lower(): values[-1].decode("latin-1")
+            for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        recorded = RecordedRequest(
+            request.method.decode("ascii"),
+            request.uri.decode("latin-1"),
+            headers,
+            body,
+            parsed,
+        )
+        self.requests.append(recorded)
+        path = request.path.decode("latin-1") if request.path else "/"
+        format: Format = "anthropic" if path.endswith("/messages") else "openai"
+        if recorded.method != "POST":
+            return self._refuse(request, format, 405, "invalid_request_error")
+        if not isinstance(parsed, dict):
+            return self._refuse(request, format, 400, "invalid_request_error")
+        reply = self._queue.popleft() if self._queue else self.default_reply
+        model = reply.model or parsed.get("model") or "fake-model"
+        exchange = _Exchange(
+            request,
+            recorded,
+            reply,
+            format,
+            str(model),
+            cast(IReactorTime, self.clock or self.reactor),
+            self._exchanges.discard,
+        )
+        self._exchanges.add(exchange)
+        exchange.begin()
+        return NOT_DONE_YET
+
+    def _refuse(
+        self, request: Request, format: Format, status: int, error_type: str
+    ) -> bytes:
+        message = (
+            "the fake provider answers POST only"
+            if status == 405
+            else "the request body is not a JSON object"
+        )
+        request.setResponseCode(status)
+        request.setHeader("content-type", "application/json")
+        if format == "anthropic":
+            return dumps(anthropic_error_body(error_type, message))
+        return dumps(openai_error_body(message, error_type, str(status)))
