@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from pylon_ai._accounting import record_request
 from pylon_ai._apierrors import ApiError, api_error
 from pylon_ai._backends import Backend, Call
 from pylon_ai._encode import (
@@ -347,30 +348,14 @@ class Exchange:
         if self._stream and self._call is not None:
             self._gateway.metrics.streams_in_flight.dec()
             self._stream = False
-        latency = time.perf_counter() - self._received
-        metrics = self._gateway.metrics
-        status = str(self._status)
-        metrics.requests.labels(self._route, self._model, status).inc()
-        metrics.request_seconds.labels(self._route).observe(latency)
-        if self._ttft is not None:
-            metrics.ttft_seconds.labels(self._route).observe(self._ttft)
-        usage = self._usage or Usage()
-        if usage.input_tokens:
-            metrics.tokens.labels(self._model, "in").inc(usage.input_tokens)
-        if usage.output_tokens:
-            metrics.tokens.labels(self._model, "out").inc(usage.output_tokens)
-        self.log.info(
-            "{route} model={model} provider={provider} status={status} "
-            "latency_ms={latency_ms:.1f} ttft_ms={ttft_ms} "
-            "overhead_ms={overhead_ms:.3f} "
-            "tokens_in={tokens_in} tokens_out={tokens_out}",
+        record_request(
+            self._gateway.metrics,
             route=self._route,
             model=self._model,
             provider=self._backend.provider if self._backend else "-",
             status=self._status,
-            latency_ms=latency * 1000,
-            ttft_ms="-" if self._ttft is None else f"{self._ttft * 1000:.1f}",
-            overhead_ms=self._overhead * 1000,
-            tokens_in=usage.input_tokens,
-            tokens_out=usage.output_tokens,
+            latency=time.perf_counter() - self._received,
+            ttft=self._ttft,
+            usage=self._usage,
+            overhead=self._overhead,
         )
