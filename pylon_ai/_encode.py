@@ -13,7 +13,6 @@ C{json.dumps} of its text.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from pylon_ai._events import (
     merge_usage,
     stop_to_openai,
 )
+from pylon_ai._json import dumps, loads
 
 __all__ = [
     "AnthropicStreamEncoder",
@@ -44,25 +44,6 @@ __all__ = [
     "openai_error_body",
     "sse_frame",
 ]
-
-
-def dumps(value: Any) -> bytes:
-    """
-    Compact JSON as UTF-8 bytes.
-
-    Non-ASCII text is written as UTF-8 rather than C{\\uXXXX} escapes (shorter
-    on the wire); a string holding a lone surrogate, which UTF-8 cannot carry,
-    falls back to ASCII escapes so that no input makes encoding fail.
-
-    @param value: A JSON-serialisable value.
-    @return: The JSON document.
-    """
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(
-            "utf-8"
-        )
-    except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 def sse_frame(data: bytes | str, event: str | None = None) -> bytes:
@@ -552,7 +533,7 @@ def anthropic_message_body(
     if text:
         content.append({"type": "text", "text": text})
     for call in tool_calls:
-        arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+        arguments = loads(call.arguments) if call.arguments.strip() else {}
         if not isinstance(arguments, dict):
             raise ValueError(f"tool call {call.id} arguments are not a JSON object")
         content.append(

@@ -622,28 +622,20 @@ class FakeProvider:
 
         @return: The client.
         """
-        from treq.client import HTTPClient
+        from pylon_ai._http import make_http_client, make_pool
 
-        from twisted.web.client import (
-            Agent,
-            BrowserLikePolicyForHTTPS,
-            HTTPConnectionPool,
-        )
-
-        pool = HTTPConnectionPool(self.reactor)
+        pool = make_pool(self.reactor)
         self._pools.append(pool)
+        trust = None
         if self._ca is not None:
             from twisted.internet.ssl import Certificate
 
             trust = Certificate.loadPEM(self._ca.cert_pem.bytes())
-            agent = Agent(
-                self.reactor,
-                contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust),
-                pool=pool,
-            )
-        else:
-            agent = Agent(self.reactor, pool=pool)
-        return HTTPClient(agent)
+        return make_http_client(
+            self.reactor,
+            trust_root=trust,  # type: ignore[arg-type]
+            pool=pool,
+        )
 
     def _handle(self, request: Request) -> bytes | int:
         try:

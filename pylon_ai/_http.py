@@ -10,8 +10,8 @@ from OpenSSL import SSL
 from treq.client import HTTPClient
 from zope.interface import implementer
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 #: Idle pooled connections are closed after this many seconds: below the idle
@@ -20,6 +20,42 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 POOL_IDLE_SECONDS = 30.0
 #: Idle connections kept per host; concurrency is not capped by this.
 POOL_PER_HOST = 64
+
+
+def _closing(transport: Any) -> bool:
+    while transport is not None:
+        if getattr(transport, "disconnecting", False) or getattr(
+            transport, "disconnected", False
+        ):
+            return True
+        transport = getattr(transport, "transport", None)
+    return False
+
+
+class SafePool(HTTPConnectionPool):
+    """
+    A pool that never keeps a connection that is already closing.
+
+    When a stream is abandoned (an error event, a callback that raised), the
+    client asks for the connection to close; if the rest of the response was
+    already in the same read, Twisted still finishes it and would offer the
+    dying connection to the next request.
+    """
+
+    def _putConnection(self, key: Any, connection: Any) -> None:
+        if _closing(connection.transport):
+            return
+        super()._putConnection(key, connection)
+
+
+def make_pool(reactor: Any, persistent: bool = True) -> HTTPConnectionPool:
+    """
+    A connection pool with the library's settings (see L{SafePool}).
+    """
+    pool = SafePool(reactor, persistent=persistent)
+    pool.maxPersistentPerHost = POOL_PER_HOST
+    pool.cachedConnectionTimeout = POOL_IDLE_SECONDS  # type: ignore[assignment]
+    return pool
 
 
 @implementer(IOpenSSLTrustRoot)
@@ -76,9 +112,7 @@ def make_http_client(
     if ca_file is not None:
         trust_root = PlatformTrustPlusCA(ca_file)
     if pool is None:
-        pool = HTTPConnectionPool(reactor, persistent=persistent)
-        pool.maxPersistentPerHost = POOL_PER_HOST
-        pool.cachedConnectionTimeout = POOL_IDLE_SECONDS  # type: ignore[assignment]
+        pool = make_pool(reactor, persistent)
     policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 

@@ -8,9 +8,8 @@ library is the fallback so that it stays optional.
 from __future__ import annotations
 
 import json
-from typing import Any
-
 from types import ModuleType
+from typing import Any
 
 _orjson: ModuleType | None
 try:
@@ -26,7 +25,12 @@ def loads(data: bytes | str) -> Any:
     @raise ValueError: If C{data} is not valid JSON (or not valid UTF-8).
     """
     if _orjson is not None:
-        return _orjson.loads(data)
+        try:
+            return _orjson.loads(data)
+        except ValueError:
+            # orjson refuses what the standard library takes, such as an
+            # escaped lone surrogate; only a document both refuse is invalid.
+            pass
     return json.loads(data)
 
 
@@ -35,5 +39,13 @@ def dumps(value: Any) -> bytes:
     Serialise C{value} as compact UTF-8 JSON.
     """
     if _orjson is not None:
-        return _orjson.dumps(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            return _orjson.dumps(value)
+        except TypeError:
+            pass  # e.g. a lone surrogate: the stdlib escapes it
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")

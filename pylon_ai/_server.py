@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pylon_ai._apierrors import ApiError
@@ -301,7 +301,7 @@ class Root(Resource):
     The route table.
     """
 
-    def __init__(self, gateway: Gateway, websocket: Resource | None = None) -> None:
+    def __init__(self, gateway: Gateway, websocket: IResource | None = None) -> None:
         super().__init__()
         self._routes: dict[bytes, Resource] = {
             b"/": ChatPage(gateway),
@@ -313,7 +313,7 @@ class Root(Resource):
             b"/v1/messages": Messages(gateway),
         }
         if websocket is not None:
-            self._routes[b"/v1/ws"] = websocket
+            self._routes[b"/v1/ws"] = _HandOver(websocket)
         self._not_found = NotFound(gateway)
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
@@ -326,10 +326,14 @@ class Root(Resource):
         return resource
 
 
-def _transport(protocol: Any) -> Any:
+def _channel(protocol: Any) -> Any:
     # Site wraps each HTTPChannel in a protocol-switching proxy that does not
-    # expose the transport itself.
-    return getattr(getattr(protocol, "_channel", protocol), "transport", None)
+    # expose the channel's transport itself.
+    return getattr(protocol, "_channel", protocol)
+
+
+def _transport(protocol: Any) -> Any:
+    return getattr(_channel(protocol), "transport", None)
 
 
 class GatewaySite(Site):
@@ -340,50 +344,75 @@ class GatewaySite(Site):
 
     def __init__(self, resource: Resource) -> None:
         super().__init__(resource)
-        self.connections: set[Any] = set()
+        self._connections: dict[int, Any] = {}
         self._closed: list[Deferred[None]] = []
+
+    @property
+    def connections(self) -> list[Any]:
+        """
+        The HTTP connections open now.
+        """
+        return list(self._connections.values())
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
-        self.connections.add(protocol)
+        key = id(_channel(protocol))
+        self._connections[key] = protocol
         lost = protocol.connectionLost
 
         def connection_lost(reason: Any) -> None:
-            self.connections.discard(protocol)
             try:
                 lost(reason)
             finally:
-                if not self.connections:
-                    waiters, self._closed = self._closed, []
-                    for d in waiters:
-                        d.callback(None)
+                self._forget(key)
 
         protocol.connectionLost = connection_lost
         return protocol
+
+    def forget(self, channel: Any) -> None:
+        """
+        Stop tracking a connection that was handed over to another protocol
+        (a WebSocket takes over the transport, and the HTTP channel never
+        hears of the connection again).
+        """
+        self._forget(id(channel))
+
+    def _forget(self, key: int) -> None:
+        self._connections.pop(key, None)
+        if not self._connections:
+            self._fire_closed()
+
+    def _fire_closed(self) -> None:
+        waiters, self._closed = self._closed, []
+        for d in waiters:
+            d.callback(None)
 
     def close_connections(self, clock: Any, timeout: float = 5.0) -> Deferred[None]:
         """
         Close every connection once its pending output is written; abort
         those still open after C{timeout} seconds.
 
-        @return: A L{Deferred} that fires when none is left.
+        @return: A L{Deferred} that fires when none is left, or at the
+            latest a moment after the abort.
         """
-        if not self.connections:
+        if not self._connections:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._closed.append(d)
-        for protocol in list(self.connections):
+        for protocol in self.connections:
             transport = _transport(protocol)
             if transport is not None:
                 transport.loseConnection()
 
         def abort() -> None:
-            for protocol in list(self.connections):
+            for protocol in self.connections:
                 transport = _transport(protocol)
                 if transport is not None:
                     transport.abortConnection()
+            self._connections.clear()
+            self._fire_closed()
 
         timer = clock.callLater(timeout, abort)
 
@@ -396,7 +425,27 @@ class GatewaySite(Site):
         return d
 
 
-def make_site(gateway: Gateway, websocket: Resource | None = None) -> GatewaySite:
+class _HandOver(Resource):
+    """
+    Renders a resource that may take over the connection (the WebSocket
+    upgrade), and then stops the site tracking it as an HTTP connection.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: Request) -> Any:
+        result = self._inner.render(request)
+        site = getattr(request, "site", None)
+        if request.channel.transport is None and isinstance(site, GatewaySite):
+            site.forget(request.channel)
+        return result
+
+
+def make_site(gateway: Gateway, websocket: IResource | None = None) -> GatewaySite:
     """
     The C{Site} serving every route.
     """

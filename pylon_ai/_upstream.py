@@ -267,13 +267,15 @@ class StreamCall:
             self._timer = self._clock.callLater(self._timeout - idle, self._check_idle)
             return
         self._timer = None
-        self._abort()
         where = "waiting for the response" if self.response is None else "mid-stream"
         self._fail(
             ProviderTimeout(
                 f"no progress from {self._label} for {self._timeout:g} s ({where})"
             )
         )
+        # After _fail: cancelling the request errbacks it at once, and that
+        # must not be taken for a connection error.
+        self._abort()
 
     def _abort(self) -> None:
         request, self._request = self._request, None

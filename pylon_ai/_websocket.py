@@ -415,6 +415,9 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
+        factory = self.factory
+        assert isinstance(factory, GatewayWebSocketFactory)
+        factory.open_sockets.add(self)
         self._pylon_session = _Session(
             self._pylon_gateway,
             self._pylon_send,
@@ -427,6 +430,9 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self._pylon_session.message_received(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        factory = self.factory
+        if isinstance(factory, GatewayWebSocketFactory):
+            factory.open_sockets.discard(self)
         session, self._pylon_session = self._pylon_session, None
         if session is not None:
             session.closed()
@@ -484,6 +490,7 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(reactor=gateway.clock)
         self.gateway = gateway
+        self.open_sockets: set[GatewayWebSocketProtocol] = set()
         limit = gateway.config.server.max_body_bytes
         self.setProtocolOptions(
             webStatus=False,
@@ -495,6 +502,13 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
         )
+
+    def close_all(self) -> None:
+        """
+        The service is stopping: close every socket with 1001 (going away).
+        """
+        for socket in list(self.open_sockets):
+            socket._pylon_close(1001, "the gateway is shutting down")
 
 
 def make_websocket_resource(gateway: Gateway) -> IResource:

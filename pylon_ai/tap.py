@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
@@ -17,6 +19,7 @@ from twisted.python import usage
 from pylon_ai._config import Config, ConfigError, default_config, load_config
 from pylon_ai._gateway import Gateway
 from pylon_ai._server import make_site
+from pylon_ai._websocket import GatewayWebSocketFactory
 
 
 class Options(usage.Options):
@@ -76,7 +79,8 @@ class GatewayService(MultiService):
     def __init__(self, gateway: Gateway, endpoint: Any) -> None:
         super().__init__()
         self.gateway = gateway
-        site = make_site(gateway, websocket_resource(gateway))
+        self.websockets = GatewayWebSocketFactory(gateway)
+        site = make_site(gateway, WebSocketResource(self.websockets))
         self.site = site
         StreamServerEndpointService(endpoint, site).setServiceParent(self)
 
@@ -92,20 +96,10 @@ class GatewayService(MultiService):
                 n=len(self.gateway.active),
             )
         d.addBoth(lambda _: self.gateway.drain(grace))
+        d.addBoth(lambda _: self.websockets.close_all())
         d.addBoth(lambda _: self.site.close_connections(self.gateway.clock))
         d.addBoth(lambda _: self.gateway.close())
         return d
-
-
-def websocket_resource(gateway: Gateway) -> Any:
-    """
-    The C{/v1/ws} resource, or L{None} when the WebSocket module is absent.
-    """
-    try:
-        from pylon_ai._websocket import make_websocket_resource
-    except ImportError:
-        return None
-    return make_websocket_resource(gateway)
 
 
 def makeService(options: Options) -> IService:
