@@ -1,0 +1,1 @@
+The pylon_ai library: AiProxyPlugin for Anthropic, OpenAI and OpenAI-compatible endpoints with streaming Deferreds, real TLS and cancellation; the public SSE parser pylon_ai.sse; the fake provider pylon_ai.testing.
