@@ -126,6 +126,8 @@ class Backend:
             else:
                 if self.model:
                     body["model"] = self.model
+                else:
+                    body.pop("model", None)  # a custom endpoint that names none
                 body["stream_options"] = {"include_usage": True}
                 headers = _openai.request_headers(self.config.api_key)
                 decoder = _openai.OpenAIStreamDecoder()
