@@ -55,12 +55,15 @@ class ApiError(Exception):
     @ivar message: Readable text (never a key).
     @ivar param: The offending request field, if known.
     @ivar retry_after: Seconds for a C{retry-after} header, if any.
+    @ivar error_type: Anthropic's error type when the status alone does not
+        tell it (an overloaded upstream is a 502 C{overloaded_error}).
     """
 
     status: int
     message: str
     param: str | None = None
     retry_after: str | None = None
+    error_type: str | None = None
 
     def body(self, api: str) -> dict[str, Any]:
         """
@@ -78,7 +81,7 @@ class ApiError(Exception):
         """
         Anthropic's error type for this error.
         """
-        return _ANTHROPIC_TYPE.get(self.status, "api_error")
+        return self.error_type or _ANTHROPIC_TYPE.get(self.status, "api_error")
 
     def event(self, api: str) -> bytes:
         """
@@ -126,7 +129,11 @@ def api_error(exc: BaseException) -> ApiError:
         if status == 429:
             return ApiError(429, "the upstream provider is rate limiting requests")
         if status in (529, 503) or exc.error_type == "overloaded_error":
-            return ApiError(502, "the upstream provider is overloaded")
+            return ApiError(
+                502,
+                "the upstream provider is overloaded",
+                error_type="overloaded_error",
+            )
         if status is not None:
             return ApiError(502, f"the upstream provider failed (HTTP {status})")
         return ApiError(502, f"the upstream provider failed: {_public(exc)}")
