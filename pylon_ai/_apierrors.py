@@ -21,6 +21,7 @@ _ANTHROPIC_TYPE = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "request_too_large",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -34,6 +35,7 @@ _OPENAI_TYPE = {
     401: ("authentication_error", "invalid_api_key"),
     403: ("permission_error", None),
     404: ("invalid_request_error", "model_not_found"),
+    405: ("invalid_request_error", None),
     413: ("invalid_request_error", "request_too_large"),
     422: ("invalid_request_error", None),
     429: ("rate_limit_error", "rate_limit_exceeded"),
@@ -127,7 +129,11 @@ def api_error(exc: BaseException) -> ApiError:
         if status in _CLIENT_MISTAKES:
             return ApiError(status, _upstream_detail(exc))
         if status == 429:
-            return ApiError(429, "the upstream provider is rate limiting requests")
+            return ApiError(
+                429,
+                "the upstream provider is rate limiting requests",
+                retry_after=exc.retry_after or "1",
+            )
         if status in (529, 503) or exc.error_type == "overloaded_error":
             return ApiError(
                 502,

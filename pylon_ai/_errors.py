@@ -33,6 +33,7 @@ class ProviderError(Exception):
         C{"rate_limit_error"}, or L{None}.
     @ivar message: Readable text.  It never holds an API key.
     @ivar body: At most 4 KiB of the raw response body or event, or L{None}.
+    @ivar retry_after: The provider's C{retry-after} header, if it sent one.
     """
 
     def __init__(
@@ -42,12 +43,14 @@ class ProviderError(Exception):
         status: int | None = None,
         error_type: str | None = None,
         body: str | None = None,
+        retry_after: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.error_type = error_type
         self.body = body
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return (

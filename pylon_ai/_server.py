@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -34,7 +35,8 @@ def api_for_path(path: bytes) -> Api:
     """
     Which API's error shape a path calls for.
     """
-    return "anthropic" if path.split(b"?", 1)[0] in _ANTHROPIC_PATHS else "openai"
+    path = path.split(b"?", 1)[0]
+    return "anthropic" if path.startswith(_ANTHROPIC_PATHS) else "openai"
 
 
 def presented_key(request: Any) -> str | None:
@@ -126,6 +128,8 @@ class _Base(Resource):
     log = Logger()
     needs_key = True
     api: Api = "openai"
+    #: The route's label in metrics.
+    route = ""
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
@@ -148,14 +152,37 @@ class _Base(Resource):
         if self.needs_key and not key_ok(
             self.settings.api_keys, presented_key(request)
         ):
-            respond_error(
+            self._refuse(
                 request,
-                self.api,
                 ApiError(401, "missing or invalid API key"),
                 {b"www-authenticate": b"Bearer"},
             )
             return NOT_DONE_YET
-        return super().render(request)
+        try:
+            return super().render(request)
+        except UnsupportedMethod as e:
+            respond_error(
+                request,
+                self.api,
+                ApiError(405, f"method {request.method.decode()} not allowed here"),
+                {b"allow": b", ".join(e.allowedMethods)},
+            )
+            return NOT_DONE_YET
+
+    def _refuse(
+        self,
+        request: Request,
+        error: ApiError,
+        headers: dict[bytes, bytes] | None = None,
+    ) -> None:
+        """
+        Answer with C{error} before any model is involved, and count it.
+        """
+        respond_error(request, self.api, error, headers)
+        if self.route:
+            self.gateway.metrics.requests.labels(
+                self.route, "unknown", str(error.status)
+            ).inc()
 
     def _origin_ok(self, request: Request, origin: str) -> bool:
         if origin in self.settings.cors_origins:
@@ -171,14 +198,12 @@ class _Completions(_Base):
         try:
             body = loads(request.content.read())  # type: ignore[union-attr]
         except ValueError:
-            respond_error(
-                request, self.api, ApiError(400, "the request body is not valid JSON")
-            )
+            self._refuse(request, ApiError(400, "the request body is not valid JSON"))
             return NOT_DONE_YET
         try:
             check_request(self.api, body)
         except TranslationError as e:
-            respond_error(request, self.api, ApiError(400, e.message, e.param))
+            self._refuse(request, ApiError(400, e.message, e.param))
             return NOT_DONE_YET
         Exchange(self.gateway, request, self.api, self.route).run(body)
         return NOT_DONE_YET
@@ -204,6 +229,8 @@ class Models(_Base):
     C{GET /v1/models}: the configured names, in OpenAI's list shape, or
     Anthropic's when the request carries C{anthropic-version}.
     """
+
+    route = "/v1/models"
 
     def render_GET(self, request: Request) -> bytes:
         names = self.gateway.model_names()
@@ -286,13 +313,13 @@ class NotFound(_Base):
     needs_key = False
 
     def render(self, request: Request) -> Any:
-        respond_json(
-            request,
-            404,
-            ApiError(
-                404, f"no route {request.method.decode()} {request.path.decode()}"
-            ).body(api_for_path(request.path)),
-        )
+        api = api_for_path(request.path)
+        body = ApiError(
+            404, f"no route {request.method.decode()} {request.path.decode()}"
+        ).body(api)
+        if api == "openai":
+            body["error"]["code"] = None  # a URL, not a model, was not found
+        respond_json(request, 404, body)
         return NOT_DONE_YET
 
 

@@ -56,7 +56,9 @@ class StreamDecoder(TypingProtocol):
     def finish(self) -> Iterable[ModelEvent] | None: ...
 
 
-def error_from_body(label: str, status: int, body: bytes) -> ProviderError:
+def error_from_body(
+    label: str, status: int, body: bytes, retry_after: str | None = None
+) -> ProviderError:
     """
     The L{ProviderError} for a non-2xx response.
 
@@ -88,6 +90,7 @@ def error_from_body(label: str, status: int, body: bytes) -> ProviderError:
         status=status,
         error_type=error_type,
         body=excerpt(body),
+        retry_after=retry_after,
     )
 
 
@@ -325,9 +328,13 @@ class StreamCall:
         self.progress()
         status = response.code
         if not 200 <= status < 300:
+            raw = response.headers.getRawHeaders(b"retry-after") or [b""]
+            retry_after = raw[0].decode("ascii", "replace").strip() or None
             self._body = _ErrorBody(
                 self,
-                lambda body: self._fail(error_from_body(self._label, status, body)),
+                lambda body: self._fail(
+                    error_from_body(self._label, status, body, retry_after)
+                ),
             )
             response.deliverBody(self._body)
             return
