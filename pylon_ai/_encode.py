@@ -119,9 +119,12 @@ class AnthropicStreamEncoder:
     in it.  Input tokens learnt only later (from an OpenAI stream, say) are
     added to the C{message_delta} usage, where Anthropic's SDK picks them up.
 
-    Anthropic content blocks cannot interleave, so the fragments of one tool
-    call must not resume after another call began; L{encode} raises
-    L{ValueError} if they do.
+    Anthropic content blocks cannot interleave, while OpenAI-style streams
+    may interleave the fragments of parallel tool calls.  So the first tool
+    call streams live; fragments of any other call that arrive while one is
+    open are accumulated by index and re-emitted whole, in index order, when
+    the reply stops.  Only a tool call that resumes after a I{text} block
+    interrupted it cannot be encoded: L{encode} raises L{ValueError}.
 
     @ivar model: The model named in C{message_start} when the stream's
         L{MessageStart} names none.
@@ -141,6 +144,7 @@ class AnthropicStreamEncoder:
     _open_text: bool = field(default=False, init=False)
     _open_tool: int | None = field(default=None, init=False)
     _closed_tools: set[int] = field(factory=set, init=False)
+    _pending_tools: dict[int, list[Any]] = field(factory=dict, init=False)
     _text_prefix: bytes = field(default=b"", init=False)
     _json_prefix: bytes = field(default=b"", init=False)
 
@@ -175,7 +179,7 @@ class AnthropicStreamEncoder:
             return b""
         if isinstance(event, Stop):
             self._stop = event
-            return self.start() + self._close()
+            return self.start() + self._flush_tools()
         if isinstance(event, StreamError):
             return self.error(event.error_type or "api_error", event.message)
         raise TypeError(f"not an event: {event!r}")
@@ -229,7 +233,7 @@ class AnthropicStreamEncoder:
         """
         if self._done:
             return b""
-        out = self.start() + self._close()
+        out = self.start() + self._flush_tools()
         self._done = True
         stop = self._stop or Stop("end_turn")
         usage = self._usage or Usage()
@@ -284,6 +288,19 @@ class AnthropicStreamEncoder:
         start = {"type": "content_block_start", "index": index, "content_block": block}
         return out + sse_frame(dumps(start), "content_block_start")
 
+    def _flush_tools(self) -> bytes:
+        """
+        Close the open block, then emit the accumulated tool calls whole, in
+        index order.
+        """
+        out = self._close()
+        pending, self._pending_tools = self._pending_tools, {}
+        for index in sorted(pending):
+            call_id, name, parts = pending[index]
+            out += self._tool(ToolCallDelta(index, call_id, name, "".join(parts)))
+            out += self._close()
+        return out
+
     def _close(self) -> bytes:
         if self._open_block is None:
             return b""
@@ -300,6 +317,16 @@ class AnthropicStreamEncoder:
 
     def _tool(self, event: ToolCallDelta) -> bytes:
         out = self.start()
+        pending = self._pending_tools.get(event.index)
+        if pending is not None or (
+            self._open_tool is not None and event.index != self._open_tool
+        ):
+            if pending is None:
+                pending = self._pending_tools[event.index] = [None, None, []]
+            pending[0] = pending[0] or event.id
+            pending[1] = pending[1] or event.name
+            pending[2].append(event.arguments)
+            return out
         if event.index != self._open_tool:
             if event.index in self._closed_tools:
                 raise ValueError(

@@ -21,6 +21,7 @@ from attrs import frozen
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_LINE_LENGTH",
     "Event",
     "LineTooLong",
+    "SSEFactory",
     "SSEProtocol",
 ]
 
@@ -223,3 +225,28 @@ class SSEProtocol(LineReceiver):
             self.done.callback(None)
         else:
             self.done.errback(reason)
+
+
+class SSEFactory(Factory):
+    """
+    Builds an L{SSEProtocol} per connection, for event streams read straight
+    off a socket (e.g. C{connectProtocol} is not enough because each
+    connection needs its own parser state).
+
+    @ivar on_event: Called with each event of every connection.
+    """
+
+    protocol = SSEProtocol
+
+    def __init__(
+        self,
+        on_event: Callable[[Event], object],
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        self.on_event = on_event
+        self.max_line_length = max_line_length
+
+    def buildProtocol(self, addr: object) -> SSEProtocol:
+        proto = SSEProtocol(self.on_event, self.max_line_length)
+        proto.factory = self
+        return proto

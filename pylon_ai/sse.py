@@ -10,6 +10,18 @@ and it calls C{on_event} with each L{Event} as the bytes arrive::
     yield proto.done
 """
 
-from pylon_ai._sse import DEFAULT_MAX_LINE_LENGTH, Event, LineTooLong, SSEProtocol
+from pylon_ai._sse import (
+    DEFAULT_MAX_LINE_LENGTH,
+    Event,
+    LineTooLong,
+    SSEFactory,
+    SSEProtocol,
+)
 
-__all__ = ["DEFAULT_MAX_LINE_LENGTH", "Event", "LineTooLong", "SSEProtocol"]
+__all__ = [
+    "DEFAULT_MAX_LINE_LENGTH",
+    "Event",
+    "LineTooLong",
+    "SSEFactory",
+    "SSEProtocol",
+]

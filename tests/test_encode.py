@@ -197,7 +197,8 @@ class AnthropicStreamEncoderTests(SynchronousTestCase):
     def test_blocks_alternate(self) -> None:
         """
         Tool calls and text become consecutive blocks; each is closed before
-        the next opens.
+        the next opens.  A second tool call that starts while the first is
+        still open is held back and sent whole when the reply stops.
         """
         events: list[ModelEvent] = [
             ToolCallDelta(0, "t0", "a", '{"x":'),
@@ -217,28 +218,57 @@ class AnthropicStreamEncoderTests(SynchronousTestCase):
                 ("content_block_delta", 0),
                 ("content_block_stop", 0),
                 ("content_block_start", 1),
+                ("content_block_delta", 1),
                 ("content_block_stop", 1),
                 ("content_block_start", 2),
-                ("content_block_delta", 2),
                 ("content_block_stop", 2),
                 ("message_delta", None),
                 ("message_stop", None),
             ],
         )
+        self.assertEqual(got[5][1]["content_block"], {"type": "text", "text": ""})
         self.assertEqual(
-            got[5][1]["content_block"],
+            got[8][1]["content_block"],
             {"type": "tool_use", "id": "t1", "name": "b", "input": {}},
         )
         self.assertEqual(got[10][1]["delta"]["stop_reason"], "tool_use")
 
     def test_interleaved_tool_calls(self) -> None:
         """
-        A tool call cannot resume once another began: Anthropic blocks do not
-        interleave.
+        Fragments of parallel tool calls may interleave (OpenAI-style); the
+        first call streams, the others are accumulated by index and sent
+        whole, in index order, so every call's arguments come out complete.
+        """
+        events: list[ModelEvent] = [
+            ToolCallDelta(0, "a", "fa", '{"p":'),
+            ToolCallDelta(2, "c", "fc", '{"r":'),
+            ToolCallDelta(1, "b", "fb", '{"q":'),
+            ToolCallDelta(0, arguments="1}"),
+            ToolCallDelta(1, arguments="2}"),
+            ToolCallDelta(2, arguments="3}"),
+            Stop("tool_use"),
+        ]
+        got = payloads(encode_all(AnthropicStreamEncoder("m"), events))
+        calls: dict[int, dict[str, Any]] = {}
+        for kind, data in got:
+            if kind == "content_block_start":
+                calls[data["index"]] = dict(data["content_block"], json="")
+            elif kind == "content_block_delta":
+                calls[data["index"]]["json"] += data["delta"]["partial_json"]
+        self.assertEqual(
+            [(c["id"], c["name"], json.loads(c["json"])) for c in calls.values()],
+            [("a", "fa", {"p": 1}), ("b", "fb", {"q": 2}), ("c", "fc", {"r": 3})],
+        )
+        self.assertEqual(sorted(calls), [0, 1, 2])
+
+    def test_tool_call_resumed_after_text(self) -> None:
+        """
+        A tool call that resumes after a text block closed it cannot be
+        encoded: Anthropic blocks do not interleave.
         """
         encoder = AnthropicStreamEncoder("m")
         encoder.encode(ToolCallDelta(0, "a", "a"))
-        encoder.encode(ToolCallDelta(1, "b", "b"))
+        encoder.encode(TextDelta("t"))
         self.assertRaises(ValueError, encoder.encode, ToolCallDelta(0, arguments="x"))
 
     def test_late_input_tokens(self) -> None:

@@ -18,11 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseDone
 
 from pylon_ai.sse import DEFAULT_MAX_LINE_LENGTH, Event, LineTooLong, SSEProtocol
@@ -1127,3 +1128,51 @@ class PropertyTests(SynchronousTestCase):
             else:
                 self.assertIsNone(run.outcome)
             self.assertEqual([_tuple(e) for e in run.events], want, chunks)
+
+
+class FactoryTests(TestCase):
+    """
+    L{SSEFactory} parses event streams read straight off sockets, one parser
+    per connection.
+    """
+
+    async def test_two_connections(self) -> None:
+        """
+        Two connections feeding interleaved halves of events each give their
+        own events, in order, through the factory's callback.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+        from twisted.internet.protocol import Protocol, ServerFactory
+
+        from pylon_ai.sse import SSEFactory
+
+        got: list[Event] = []
+        servers: list[Protocol] = []
+        connected: Deferred[None] = Deferred()
+
+        class Sender(Protocol):
+            def connectionMade(self) -> None:
+                servers.append(self)
+                if len(servers) == 2:
+                    connected.callback(None)
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            ServerFactory.forProtocol(Sender)
+        )
+        self.addCleanup(port.stopListening)
+        factory = SSEFactory(got.append)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        clients = [await endpoint.connect(factory) for _ in range(2)]
+        await connected
+        servers[0].transport.write(b"data: one-")
+        servers[1].transport.write(b"event: b\ndata: two\n\n")
+        servers[0].transport.write(b"a\n\n")
+        for server in servers:
+            server.transport.loseConnection()
+        for client in clients:
+            self.assertIsInstance(client, SSEProtocol)
+            await client.done
+        self.assertEqual(
+            sorted((e.type, e.data) for e in got), [("b", "two"), ("message", "one-a")]
+        )
