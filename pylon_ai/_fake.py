@@ -411,24 +411,34 @@ class _Exchange:
         self._step()
 
     def _step(self) -> None:
+        # A loop, not a recursion, when pieces follow without delay: a reply
+        # may have thousands of them.
         self._call = None
         reply, encoder = self.reply, self._encoder
         assert encoder is not None
-        if reply.drop_after is not None and self._sent >= reply.drop_after:
-            self._abort()
-        elif reply.stall_after is not None and self._sent >= reply.stall_after:
-            self._over = True
-        elif self._sent < len(self._pieces):
-            self._later(reply.chunk_delay, self._send_piece)
-        else:
-            self._end_stream(encoder)
+        while not self._over:
+            if reply.drop_after is not None and self._sent >= reply.drop_after:
+                self._abort()
+            elif reply.stall_after is not None and self._sent >= reply.stall_after:
+                self._over = True
+            elif self._sent >= len(self._pieces):
+                self._end_stream(encoder)
+            elif reply.chunk_delay > 0:
+                self._later(reply.chunk_delay, self._send_piece)
+            else:
+                self._write_piece()
+                continue
+            return
 
-    def _send_piece(self) -> None:
-        self._call = None
+    def _write_piece(self) -> None:
         assert self._encoder is not None
         piece = self._pieces[self._sent]
         self._sent += 1
         self.request.write(self._encoder.encode(piece))
+
+    def _send_piece(self) -> None:
+        self._call = None
+        self._write_piece()
         self._step()
 
     def _end_stream(
