@@ -6,6 +6,7 @@ The C{twistd pylon-ai} plugin's options and service.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -102,11 +103,23 @@ class GatewayService(MultiService):
         return d
 
 
+def _stop_on_sigterm(reactor: Any) -> None:
+    # twistd's own handler stops the reactor too, but then re-raises the
+    # signal so the process dies "killed by SIGTERM"; a stop the operator
+    # asked for, that drained cleanly, is a success: exit 0.
+    def handler(signum: int, frame: object) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def makeService(options: Options) -> IService:
     """
     Build the service C{twistd} runs.
     """
     from twisted.internet import reactor
+
+    reactor.callWhenRunning(_stop_on_sigterm, reactor)
 
     endpoint = serverFromString(reactor, options["endpoint"])
     gateway = Gateway(options.config, reactor)
