@@ -97,7 +97,7 @@ class SSEProtocol(LineReceiver):
         self.lastEventId = ""
         self.retry: int | None = None
         self._event_type = ""
-        self._data: list[str] = []
+        self._data: list[bytes] = []
         self._bom_checked = False
         # The previous read ended in CR: a LF at the start of the next read is
         # the second half of a CRLF, not an empty line.
@@ -131,15 +131,28 @@ class SSEProtocol(LineReceiver):
             lines = buf.split(b"\n")
         rest = lines.pop()
         self._buffer = b""
+        max_length = self.MAX_LENGTH
+        pending = self._data
         # Complete lines first: the events they finish are owed to the
         # caller whatever the split, even if the tail is over the bound.
+        # Blank lines and data lines, nearly all of a stream, are handled
+        # inline: this loop runs for every line of every stream.
         for line in lines:
-            if len(line) > self.MAX_LENGTH:
+            if not line:
+                if pending:
+                    self._dispatch()
+                    if self._failed is not None:
+                        return
+                    pending = self._data
+                else:
+                    self._event_type = ""
+            elif len(line) > max_length:
                 self.lineLengthExceeded(line)
                 return
-            self.lineReceived(line)
-            if self._failed is not None:
-                return
+            elif line[:5] == b"data:":
+                pending.append(line[6:] if line[5:6] == b" " else line[5:])
+            else:
+                self.lineReceived(line)
         if len(rest) > self.MAX_LENGTH:
             self.lineLengthExceeded(rest)
             return
@@ -158,7 +171,7 @@ class SSEProtocol(LineReceiver):
         if colon and raw[:1] == b" ":
             raw = raw[1:]
         if name == b"data":
-            self._data.append(raw.decode("utf-8", "replace"))
+            self._data.append(raw)
         elif name == b"event":
             self._event_type = raw.decode("utf-8", "replace")
         elif name == b"id":
@@ -176,9 +189,12 @@ class SSEProtocol(LineReceiver):
         if not self._data:
             self._event_type = ""
             return
+        data = self._data
         event = Event(
             self._event_type or "message",
-            "\n".join(self._data),
+            (data[0] if len(data) == 1 else b"\n".join(data)).decode(
+                "utf-8", "replace"
+            ),
             self.lastEventId,
             self.retry,
         )
