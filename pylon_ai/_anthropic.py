@@ -99,11 +99,20 @@ class AnthropicStreamDecoder:
 
     Feed it each SSE event's type and data with L{feed}; call L{finish} at
     the end of the stream.
+
+    A I{light} decoder serves pass-through, where the events are forwarded
+    as they are and only the bookkeeping is needed: once the first content
+    arrived, C{content_block_delta} events are not parsed at all.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, light: bool = False) -> None:
+        """
+        @param light: Skip parsing content deltas once content began.
+        """
         self._tool_index: dict[int, int] = {}
         self._stop_reason: str | None = None
+        self._light = light
+        self._content_seen = False
         self.finished = False
 
     def feed(self, event_type: str, data: str) -> Iterable[ModelEvent]:
@@ -114,7 +123,9 @@ class AnthropicStreamDecoder:
         @raise ProviderStreamError: If the data is not the JSON object the
             event type calls for.
         """
-        if event_type == "ping":
+        if event_type == "ping" or (
+            self._content_seen and event_type == "content_block_delta"
+        ):
             return ()
         try:
             obj = loads(data)
@@ -143,10 +154,14 @@ class AnthropicStreamDecoder:
             dtype = delta["type"]
             if dtype == "text_delta":
                 text = delta["text"]
-                return (TextDelta(text),) if text else ()
+                if not text:
+                    return ()
+                self._content_seen = self._light
+                return (TextDelta(text),)
             if dtype == "input_json_delta":
                 part = delta["partial_json"]
                 index = self._tool_index[obj["index"]]
+                self._content_seen = self._light
                 return (ToolCallDelta(index, arguments=part),) if part else ()
             return ()  # thinking, signatures, citations: not text
         if kind == "content_block_start":

@@ -122,7 +122,10 @@ class Backend:
                 body["model"] = self.model
                 body.setdefault("max_tokens", self.config.max_tokens)
                 headers = _anthropic.request_headers(self.config.api_key)
-                decoder: Any = _anthropic.AnthropicStreamDecoder()
+                # Pass-through forwards the events as they come: the decoder
+                # only keeps the books.
+                light = on_sse is not None
+                decoder: Any = _anthropic.AnthropicStreamDecoder(light)
             else:
                 if self.model:
                     body["model"] = self.model
@@ -130,7 +133,7 @@ class Backend:
                     body.pop("model", None)  # a custom endpoint that names none
                 body["stream_options"] = {"include_usage": True}
                 headers = _openai.request_headers(self.config.api_key)
-                decoder = _openai.OpenAIStreamDecoder()
+                decoder = _openai.OpenAIStreamDecoder(on_sse is not None)
             call = StreamCall(
                 self._clock,
                 decoder,

@@ -97,11 +97,21 @@ class OpenAIStreamDecoder:
     The L{Stop} is emitted at C{[DONE]} (or at the end of a stream that gave
     a C{finish_reason} but no C{[DONE]}), so that a usage chunk that follows
     the finish chunk is known before it.
+
+    A I{light} decoder serves pass-through, where the events themselves are
+    forwarded as they are and only the bookkeeping is needed: once the first
+    content arrived, a chunk that carries no error, no usage and no finish
+    reason is not parsed at all, and yields nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, light: bool = False) -> None:
+        """
+        @param light: Skip parsing plain content chunks once content began.
+        """
         self._started = False
         self._finish_reason: str | None = None
+        self._light = light
+        self._content_seen = False
         self.finished = False
 
     def feed(self, event_type: str, data: str) -> Iterable[ModelEvent]:
@@ -116,6 +126,8 @@ class OpenAIStreamDecoder:
                 return ()
             self.finished = True
             return (stop_from_openai(self._finish_reason or "stop"),)
+        if self._content_seen and _plain(data):
+            return ()
         try:
             obj = loads(data)
         except ValueError:
@@ -147,7 +159,9 @@ class OpenAIStreamDecoder:
             content = delta.get("content")
             if content:
                 events.append(TextDelta(content))
+                self._content_seen = self._light
             for call in delta.get("tool_calls") or ():
+                self._content_seen = self._light
                 fn = call.get("function") or {}
                 events.append(
                     ToolCallDelta(
@@ -182,3 +196,22 @@ class OpenAIStreamDecoder:
         raise ProviderStreamError(
             "stream ended before it finished (no finish_reason and no [DONE])"
         )
+
+
+def _null_or_absent(data: str, key: str) -> bool:
+    if key not in data:
+        return True
+    return key + ":null" in data or key + ": null" in data
+
+
+def _plain(data: str) -> bool:
+    """
+    Whether a chunk surely carries nothing but content: no error, no usage,
+    no finish reason.  (A quote inside a JSON string is escaped, so these
+    keys cannot hide in text.)
+    """
+    return (
+        '"error"' not in data
+        and _null_or_absent(data, '"usage"')
+        and _null_or_absent(data, '"finish_reason"')
+    )
