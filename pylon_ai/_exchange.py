@@ -190,9 +190,10 @@ class Exchange:
             if data == "[DONE]":
                 self._saw_done = True
             elif (
-                not self._want_usage
-                and '"choices":[]' in data.replace(" ", "")
+                events
+                and not self._want_usage
                 and any(type(e) is Usage for e in events)
+                and '"choices":[]' in data.replace(" ", "")
             ):
                 return  # the usage chunk the gateway asked for itself
             self._write(b"data: " + data.encode("utf-8") + b"\n\n")
