@@ -23,6 +23,22 @@ from pylon_ai._translate import (
 Api = Literal["openai", "anthropic"]
 
 
+def deadline(d: Deferred[None], timer: Any) -> Deferred[None]:
+    """
+    Cancel C{timer} (a C{DelayedCall} that ends the wait the hard way) once
+    C{d} fired.
+
+    @return: C{d}.
+    """
+
+    def stop_timer(result: object) -> object:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return d.addBoth(stop_timer)
+
+
 class UnknownModel(LookupError):
     """
     No configured model has the requested name.
@@ -140,15 +156,7 @@ class Gateway:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._drained.append(d)
-        timer = self.clock.callLater(grace, self._end_all)
-
-        def stop_timer(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d.addBoth(stop_timer)
-        return d
+        return deadline(d, self.clock.callLater(grace, self._end_all))
 
     def _end_all(self) -> None:
         for request in list(self.active):

@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pylon_ai._apierrors import ApiError
 from pylon_ai._exchange import Exchange, respond_error, respond_json
-from pylon_ai._gateway import Api, Gateway, check_request
+from pylon_ai._gateway import Api, Gateway, check_request, deadline
 from pylon_ai._json import dumps, loads
 from pylon_ai._translate import TranslationError
 
@@ -441,15 +441,7 @@ class GatewaySite(Site):
             self._connections.clear()
             self._fire_closed()
 
-        timer = clock.callLater(timeout, abort)
-
-        def stop_timer(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d.addBoth(stop_timer)
-        return d
+        return deadline(d, clock.callLater(timeout, abort))
 
 
 class _HandOver(Resource):
