@@ -15,6 +15,7 @@ from pylon_ai._errors import (
     ProviderError,
     ProviderStreamError,
     ProviderTimeout,
+    ProviderTLSError,
 )
 from pylon_ai._events import (
     MessageStart,
@@ -42,6 +43,7 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "ProviderStreamError",
+    "ProviderTLSError",
     "ProviderTimeout",
     "Stop",
     "TextDelta",

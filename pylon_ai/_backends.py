@@ -67,6 +67,9 @@ class Backend:
         self._timeout = config.timeout_s or server.upstream_timeout_s
         self._max_line = server.max_line_bytes
         self.in_flight = 0
+        #: Consecutive failures, and until when the deployment rests.
+        self.failures = 0
+        self.cooldown_until = 0.0
         self.provider = config.provider
         self.url = ""
         self.model: str | None = config.model
@@ -92,6 +95,23 @@ class Backend:
             self.model = MOCK_MODEL
         self.label = StreamCall.label_for(self.url) if self.url else "mock"
 
+    def failed(self, now: float) -> None:
+        """
+        An attempt on this deployment failed in a way that counts against
+        it; enough in a row put it into cooldown.
+        """
+        self.failures += 1
+        if self.failures >= self.config.cooldown_failures:
+            self.cooldown_until = now + self.config.cooldown_s
+            self.failures = 0
+
+    def succeeded(self) -> None:
+        """
+        An attempt on this deployment succeeded.
+        """
+        self.failures = 0
+        self.cooldown_until = 0.0
+
     @property
     def max_tokens_field(self) -> str:
         """
@@ -100,7 +120,11 @@ class Backend:
         return "max_completion_tokens" if self.provider == "openai" else "max_tokens"
 
     def open(
-        self, body: dict[str, Any], on_event: OnEvent, on_sse: OnSSE | None
+        self,
+        body: dict[str, Any],
+        on_event: OnEvent,
+        on_sse: OnSSE | None,
+        on_start: Callable[[], object] | None = None,
     ) -> Call:
         """
         Start a streaming request.
@@ -109,10 +133,13 @@ class Backend:
             either); C{model} and C{stream} are set here.
         @param on_event: Called with each model event.
         @param on_sse: Called with each raw SSE event, for pass-through.
+        @param on_start: Called once before the first event is delivered.
         """
         self.in_flight += 1
         call: StreamCall | MockCall
         if self.format == "mock":
+            if on_start is not None:
+                on_start()
             call = MockCall(self._clock, body, on_event)
             call.start()
         else:
@@ -142,6 +169,9 @@ class Backend:
                 timeout=self._timeout,
                 max_line_length=self._max_line,
                 on_sse=on_sse,
+                first_byte_timeout=self.config.first_byte_timeout_s,
+                request_timeout=self.config.request_timeout_s,
+                on_start=on_start,
             )
             call.start(self._client, self.url, headers, dumps(body))
         call.deferred.addBoth(self._finished)

@@ -38,6 +38,13 @@ class ServerConfig:
     upstream_timeout_s: float = 120.0
     #: The longest line accepted in an upstream event stream.
     max_line_bytes: int = 1 * MB
+    #: Requests in flight at once in the whole process (0: no limit); past
+    #: it, 503 with retry-after.
+    max_concurrent: int = 0
+    #: Requests in flight at once per client key (0: no limit); past it, 429.
+    max_concurrent_per_key: int = 0
+    #: Requests per minute per client key (0: no limit); past it, 429.
+    requests_per_minute_per_key: int = 0
 
 
 @frozen
@@ -54,7 +61,29 @@ class ModelConfig:
     ca_file: str | None = None
     fallbacks: tuple[str, ...] = ()
     max_tokens: int = 4096
+    #: Seconds without progress (idle between chunks); the server's
+    #: C{upstream_timeout_s} when not set.
     timeout_s: float | None = None
+    #: Seconds to connect to the upstream.
+    connect_timeout_s: float = 10.0
+    #: Seconds from sending the request to the first byte of the reply
+    #: (C{timeout_s} when not set).
+    first_byte_timeout_s: float | None = None
+    #: Seconds the whole upstream request may take.
+    request_timeout_s: float = 600.0
+    #: Further attempts after a retryable failure, before anything reached
+    #: the client (connection errors, 408/409/429/5xx/529, timeouts).
+    retries: int = 2
+    #: The first wait between attempts; it doubles each time, with jitter.
+    retry_backoff_s: float = 0.5
+    #: The longest single wait, including one a provider asks for.
+    retry_max_wait_s: float = 8.0
+    #: No new attempt starts this long after the request arrived.
+    retry_budget_s: float = 30.0
+    #: Consecutive failures that put a deployment into cooldown...
+    cooldown_failures: int = 3
+    #: ...for this many seconds (it is used again if every deployment is).
+    cooldown_s: float = 30.0
 
 
 @frozen
@@ -87,6 +116,9 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "shutdown_grace_s": (int, float),
     "upstream_timeout_s": (int, float),
     "max_line_bytes": int,
+    "max_concurrent": int,
+    "max_concurrent_per_key": int,
+    "requests_per_minute_per_key": int,
 }
 
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -100,6 +132,15 @@ _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "fallbacks": list,
     "max_tokens": int,
     "timeout_s": (int, float),
+    "connect_timeout_s": (int, float),
+    "first_byte_timeout_s": (int, float),
+    "request_timeout_s": (int, float),
+    "retries": int,
+    "retry_backoff_s": (int, float),
+    "retry_max_wait_s": (int, float),
+    "retry_budget_s": (int, float),
+    "cooldown_failures": int,
+    "cooldown_s": (int, float),
 }
 
 
@@ -157,6 +198,13 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     for key in ("max_body_bytes", "shutdown_grace_s", "upstream_timeout_s"):
         if key in server_args:
             _positive(server_args[key], f"server.{key}")
+    for key in (
+        "max_concurrent",
+        "max_concurrent_per_key",
+        "requests_per_minute_per_key",
+    ):
+        if server_args.get(key, 0) < 0:
+            raise ConfigError(f"server.{key} must be 0 (no limit) or more")
     if "max_line_bytes" in server_args and server_args["max_line_bytes"] < 1024:
         raise ConfigError("server.max_line_bytes must be at least 1024")
     server = ServerConfig(**server_args)
@@ -207,10 +255,21 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
             raise ConfigError(f"{where}.ca_file: no such file {raw['ca_file']}")
         if "fallbacks" in raw:
             args["fallbacks"] = _strings(raw["fallbacks"], f"{where}.fallbacks")
-        if "max_tokens" in raw:
-            _positive(raw["max_tokens"], f"{where}.max_tokens")
-        if "timeout_s" in raw:
-            _positive(raw["timeout_s"], f"{where}.timeout_s")
+        for key in (
+            "max_tokens",
+            "timeout_s",
+            "connect_timeout_s",
+            "first_byte_timeout_s",
+            "request_timeout_s",
+            "retry_max_wait_s",
+            "retry_budget_s",
+            "cooldown_failures",
+        ):
+            if key in raw:
+                _positive(raw[key], f"{where}.{key}")
+        for key in ("retries", "retry_backoff_s", "cooldown_s"):
+            if raw.get(key, 0) < 0:
+                raise ConfigError(f"{where}.{key} must not be negative")
         models.append(ModelConfig(**args))
 
     names = {m.name for m in models}

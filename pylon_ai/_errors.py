@@ -74,6 +74,13 @@ class ProviderConnectionError(ProviderError):
     """
 
 
+class ProviderTLSError(ProviderConnectionError):
+    """
+    The TLS handshake failed: the certificate is not trusted or does not
+    match the host name.
+    """
+
+
 class ProviderTimeout(ProviderError):
     """
     No progress (connecting, waiting for headers, or between two reads) for

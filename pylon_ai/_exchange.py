@@ -15,7 +15,8 @@ from twisted.web.server import Request
 
 from pylon_ai._accounting import record_request
 from pylon_ai._apierrors import ApiError, api_error
-from pylon_ai._backends import Backend, Call
+from pylon_ai._attempts import Attempts
+from pylon_ai._backends import Backend
 from pylon_ai._encode import (
     AnthropicStreamEncoder,
     OpenAIStreamEncoder,
@@ -96,7 +97,7 @@ class Exchange:
         self._opened = self._received
         self._model = "unknown"
         self._backend: Backend | None = None
-        self._call: Call | None = None
+        self._call: Attempts | None = None
         self._stream = False
         self._want_usage = False
         self._began = False
@@ -127,11 +128,12 @@ class Exchange:
             self._model = body["model"]
         self._request.notifyFinish().addErrback(self._client_gone)
         try:
-            backend, call = self._gateway.open(
+            call = self._gateway.open(
                 self._api,
                 body,
                 self._event,
                 self._sse if self._stream else None,
+                self._upstream_chosen,
             )
         except UnknownModel:
             self._error(
@@ -142,13 +144,16 @@ class Exchange:
             self._error(ApiError(400, e.message, e.param))
             return
         self._opened = time.perf_counter()
-        self._backend = backend
         self._call = call
-        self._passthrough = self._stream and backend.format == self._api
         if self._stream:
             self._gateway.metrics.streams_in_flight.inc()
         self._gateway.track(self)
         call.deferred.addCallbacks(self._done, self._failed)
+
+    def _upstream_chosen(self, backend: Backend) -> None:
+        # The attempt whose reply the client gets (after any retries).
+        self._backend = backend
+        self._passthrough = self._stream and backend.format == self._api
 
     def shutdown(self) -> None:
         """
@@ -344,6 +349,10 @@ class Exchange:
         if self._call is not None and not self._call.deferred.called:
             self._call.deferred.cancel()
 
+    def _provider(self) -> str:
+        backend = self._backend or (self._call.backend if self._call else None)
+        return backend.provider if backend is not None else "-"
+
     def _log(self) -> None:
         self._gateway.untrack(self)
         if self._stream and self._call is not None:
@@ -353,7 +362,7 @@ class Exchange:
             self._gateway.metrics,
             route=self._route,
             model=self._model,
-            provider=self._backend.provider if self._backend else "-",
+            provider=self._provider(),
             status=self._status,
             latency=time.perf_counter() - self._received,
             ttft=self._ttft,

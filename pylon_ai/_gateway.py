@@ -5,12 +5,14 @@ request for the upstream that will serve it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from pylon_ai._backends import Backend, Call, OnEvent, OnSSE
+from pylon_ai._attempts import Attempts
+from pylon_ai._backends import Backend, OnEvent, OnSSE
 from pylon_ai._config import Config
 from pylon_ai._http import make_http_client
 from pylon_ai._metrics import Metrics
@@ -97,23 +99,27 @@ class Gateway:
         self.metrics = Metrics()
         self.active: set[Any] = set()
         self._drained: list[Deferred[None]] = []
-        self._clients: dict[str | None, Any] = {}
-        if http_client is not None:
-            self._clients[None] = http_client
+        self._clients: dict[tuple[str | None, float], Any] = {}
+        self._given_client = http_client
         self.backends: dict[str, list[Backend]] = {}
         for model in config.models:
             client = None
             if model.provider != "mock":
-                client = self._client(model.ca_file)
+                client = self._client(model.ca_file, model.connect_timeout_s)
             self.backends.setdefault(model.name, []).append(
                 Backend(model, config.server, clock, client)
             )
 
-    def _client(self, ca_file: str | None) -> Any:
-        client = self._clients.get(ca_file)
+    def _client(self, ca_file: str | None, connect_timeout: float) -> Any:
+        if self._given_client is not None and ca_file is None:
+            return self._given_client
+        key = (ca_file, connect_timeout)
+        client = self._clients.get(key)
         if client is None:
-            client = make_http_client(self.clock, ca_file=ca_file)
-            self._clients[ca_file] = client
+            client = make_http_client(
+                self.clock, ca_file=ca_file, connect_timeout=connect_timeout
+            )
+            self._clients[key] = client
         return client
 
     def close(self) -> Any:
@@ -171,17 +177,64 @@ class Gateway:
         """
         return list(self.backends)
 
-    def pick(self, name: str) -> Backend:
+    def fallbacks(self, name: str) -> list[str]:
         """
-        The deployment of C{name} to use now: the one with the fewest
-        requests in flight.
+        The model names to try, in order, when every deployment of C{name}
+        failed.
+        """
+        group = self.backends.get(name)
+        return list(group[0].config.fallbacks) if group else []
 
+    @overload
+    def pick(self, name: str, tried: set[int]) -> Backend: ...
+
+    @overload
+    def pick(self, name: str, tried: set[int], fresh_only: bool) -> Backend | None: ...
+
+    def pick(
+        self, name: str, tried: set[int], fresh_only: bool = False
+    ) -> Backend | None:
+        """
+        The deployment of C{name} for the next attempt: one not yet tried
+        for this request if there is one, not in cooldown if there is one,
+        and among those the one with the fewest requests in flight.
+
+        @param tried: The C{id}s of the deployments already tried.
+        @param fresh_only: Return L{None} rather than a tried deployment.
         @raise UnknownModel: If no model has that name.
         """
         group = self.backends.get(name)
         if not group:
             raise UnknownModel(name)
-        return min(group, key=lambda b: b.in_flight)
+        fresh = [b for b in group if id(b) not in tried]
+        if fresh_only and not fresh:
+            return None
+        now = self.clock.seconds()
+        pool = fresh or group
+        resting = [b for b in pool if b.cooldown_until <= now] or pool
+        return min(resting, key=lambda b: b.in_flight)
+
+    def upstream_body(
+        self, api: Api, body: dict[str, Any], backend: Backend
+    ) -> dict[str, Any]:
+        """
+        A checked request of API C{api}, in the format C{backend} speaks.
+
+        @raise TranslationError: If the request cannot be translated.
+        """
+        if backend.format == "mock" or backend.format == api:
+            return body
+        if api == "openai":
+            return openai_request_to_anthropic(
+                body,
+                upstream_model=backend.model,
+                default_max_tokens=backend.config.max_tokens,
+            )
+        return anthropic_request_to_openai(
+            body,
+            upstream_model=backend.model,
+            max_tokens_field=backend.max_tokens_field,
+        )
 
     def open(
         self,
@@ -189,30 +242,17 @@ class Gateway:
         body: dict[str, Any],
         on_event: OnEvent,
         on_sse: OnSSE | None = None,
-    ) -> tuple[Backend, Call]:
+        on_start: Callable[[Backend], object] | None = None,
+    ) -> Attempts:
         """
-        Start serving a checked request of API C{api}.
+        Start serving a checked request of API C{api}: the first attempt, and
+        more (other deployments, fallbacks) while nothing reached the client.
 
         @param on_sse: For pass-through: called with the raw SSE events when
             the upstream speaks C{api} too (and only then).
-        @return: The backend chosen and the call in progress.
+        @param on_start: Called with the deployment whose reply is about to
+            be delivered, before its first event.
         @raise UnknownModel: If the model is not configured.
         @raise TranslationError: If the request cannot be translated.
         """
-        backend = self.pick(body["model"])
-        if backend.format == "mock" or backend.format == api:
-            upstream_body = body
-        elif api == "openai":
-            upstream_body = openai_request_to_anthropic(
-                body,
-                upstream_model=backend.model,
-                default_max_tokens=backend.config.max_tokens,
-            )
-        else:
-            upstream_body = anthropic_request_to_openai(
-                body,
-                upstream_model=backend.model,
-                max_tokens_field=backend.max_tokens_field,
-            )
-        passthrough = on_sse if backend.format == api else None
-        return backend, backend.open(upstream_body, on_event, passthrough)
+        return Attempts(self, api, body, on_event, on_sse, on_start).start()

@@ -89,6 +89,7 @@ def make_http_client(
     ca_file: str | None = None,
     persistent: bool = True,
     pool: HTTPConnectionPool | None = None,
+    connect_timeout: float | None = None,
 ) -> HTTPClient:
     """
     A C{treq.HTTPClient} with a persistent connection pool and verified TLS.
@@ -99,6 +100,7 @@ def make_http_client(
     @param ca_file: Trust this CA file I{as well as} the platform store.
     @param persistent: Keep connections open between requests.
     @param pool: Use this pool rather than a new one.
+    @param connect_timeout: Seconds to establish a connection, if bounded.
     @return: The client.  Close its pool with
         C{client._agent._pool.closeCachedConnections()} or keep the pool you
         passed and close that.
@@ -114,7 +116,9 @@ def make_http_client(
     if pool is None:
         pool = make_pool(reactor, persistent)
     policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    return HTTPClient(
+        Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=connect_timeout)
+    )
 
 
 _shared: dict[int, tuple[object, HTTPClient]] = {}

@@ -7,7 +7,9 @@ The library's plugin and the gateway service both use L{StreamCall}.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from email.utils import parsedate_to_datetime
 from typing import Any
 from typing import Protocol as TypingProtocol
 from urllib.parse import urlsplit
@@ -34,6 +36,7 @@ from pylon_ai._errors import (
     ProviderError,
     ProviderStreamError,
     ProviderTimeout,
+    ProviderTLSError,
     excerpt,
 )
 from pylon_ai._events import ModelEvent, StreamError
@@ -94,6 +97,40 @@ def error_from_body(
     )
 
 
+def retry_after_seconds(headers: Any) -> str | None:
+    """
+    How long the provider asks us to wait, in seconds, from C{retry-after-ms}
+    (OpenAI, Anthropic) or C{retry-after} (seconds or an HTTP date).
+
+    @param headers: The response's C{Headers}.
+    @return: The seconds as text (e.g. C{"1.5"}), or L{None}.
+    """
+    raw = headers.getRawHeaders(b"retry-after-ms")
+    if raw:
+        try:
+            ms = float(raw[0])
+        except ValueError:
+            pass
+        else:
+            if 0 <= ms < 1e9:
+                return f"{ms / 1000:g}"
+    raw = headers.getRawHeaders(b"retry-after")
+    if not raw:
+        return None
+    text = raw[0].decode("ascii", "replace").strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if not 0 <= seconds < 1e9:
+        return "0" if seconds < 0 else None
+    return f"{seconds:g}"
+
+
 def connection_error(label: str, failure: Failure) -> ProviderError:
     """
     The L{ProviderError} for a request that got no response.
@@ -104,11 +141,11 @@ def connection_error(label: str, failure: Failure) -> ProviderError:
         reasons.extend(inner)
     for reason in reasons:
         if reason.check(VerificationError):
-            return ProviderConnectionError(
+            return ProviderTLSError(
                 f"TLS certificate of {label} does not match its host name"
             )
         if reason.check(SSL.Error):
-            return ProviderConnectionError(
+            return ProviderTLSError(
                 f"TLS handshake with {label} failed: {_ssl_reason(reason.value)}"
             )
     for reason in reasons:
@@ -198,6 +235,9 @@ class StreamCall:
         timeout: float,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         on_sse: Callable[[Event, list[ModelEvent]], object] | None = None,
+        first_byte_timeout: float | None = None,
+        request_timeout: float | None = None,
+        on_start: Callable[[], object] | None = None,
     ) -> None:
         """
         @param clock: Schedules the idle timeout.
@@ -209,6 +249,11 @@ class StreamCall:
         @param on_sse: If given, called with each SSE event of the stream
             and the model events it decoded to, before C{on_event} sees
             them (for pass-through).  Error events are not passed to it.
+        @param first_byte_timeout: Seconds from the start to the first byte
+            of the body, if that is to be shorter or longer than C{timeout}.
+        @param request_timeout: Seconds the whole call may take, if bounded.
+        @param on_start: Called once, just before the first event of the
+            stream is delivered (after that, retrying would splice streams).
         """
         self._clock = clock
         self._decoder = decoder
@@ -217,6 +262,11 @@ class StreamCall:
         self._timeout = timeout
         self._max_line = max_line_length
         self._on_sse = on_sse
+        self._first_byte_timeout = first_byte_timeout
+        self._request_timeout = request_timeout
+        self._on_start = on_start
+        self._started_at = 0.0
+        self._got_body = False
         self.deferred: Deferred[None] = Deferred(self._cancel)
         self.response: IResponse | None = None
         self._timer: IDelayedCall | None = None
@@ -243,8 +293,8 @@ class StreamCall:
         @param client: A C{treq.HTTPClient}.
         @return: L{deferred}.
         """
-        self._last_progress = self._clock.seconds()
-        self._timer = self._clock.callLater(self._timeout, self._check_idle)
+        self._last_progress = self._started_at = self._clock.seconds()
+        self._timer = self._clock.callLater(self._next_check(), self._check_idle)
         try:
             request = client.request(
                 "POST", url, headers=headers, data=body, unbuffered=True
@@ -258,24 +308,49 @@ class StreamCall:
 
     def progress(self) -> None:
         """
-        Note that bytes arrived: the idle timeout starts again.
+        Note that bytes of the body arrived: the idle timeout starts again.
         """
         self._last_progress = self._clock.seconds()
+        self._got_body = True
+
+    def _next_check(self) -> float:
+        # Seconds from now until the earliest of the limits could expire.
+        now = self._clock.seconds()
+        due = self._last_progress + self._timeout
+        if self._first_byte_timeout is not None and not self._got_body:
+            due = self._started_at + self._first_byte_timeout
+        if self._request_timeout is not None:
+            due = min(due, self._started_at + self._request_timeout)
+        return max(due - now, 0.0)
+
+    def _expired(self) -> str | None:
+        now = self._clock.seconds()
+        elapsed = now - self._started_at
+        if self._request_timeout is not None and elapsed >= self._request_timeout:
+            return f"the request to {self._label} took over {self._request_timeout:g} s"
+        if self._first_byte_timeout is not None and not self._got_body:
+            if elapsed >= self._first_byte_timeout:
+                return (
+                    f"no first byte from {self._label} "
+                    f"within {self._first_byte_timeout:g} s"
+                )
+            return None
+        if now - self._last_progress >= self._timeout:
+            where = (
+                "waiting for the response" if self.response is None else "mid-stream"
+            )
+            return f"no progress from {self._label} for {self._timeout:g} s ({where})"
+        return None
 
     def _check_idle(self) -> None:
         # A lazy timer: reads only note the time, and the timer re-arms itself
         # for what is left, so no reactor call happens per chunk.
-        idle = self._clock.seconds() - self._last_progress
-        if idle < self._timeout:
-            self._timer = self._clock.callLater(self._timeout - idle, self._check_idle)
+        reason = self._expired()
+        if reason is None:
+            self._timer = self._clock.callLater(self._next_check(), self._check_idle)
             return
         self._timer = None
-        where = "waiting for the response" if self.response is None else "mid-stream"
-        self._fail(
-            ProviderTimeout(
-                f"no progress from {self._label} for {self._timeout:g} s ({where})"
-            )
-        )
+        self._fail(ProviderTimeout(reason))
         # After _fail: cancelling the request errbacks it at once, and that
         # must not be taken for a connection error.
         self._abort()
@@ -325,11 +400,10 @@ class StreamCall:
         self.response = response
         if self._over:
             return
-        self.progress()
+        self._last_progress = self._clock.seconds()
         status = response.code
         if not 200 <= status < 300:
-            raw = response.headers.getRawHeaders(b"retry-after") or [b""]
-            retry_after = raw[0].decode("ascii", "replace").strip() or None
+            retry_after = retry_after_seconds(response.headers)
             self._body = _ErrorBody(
                 self,
                 lambda body: self._fail(
@@ -382,6 +456,13 @@ class StreamCall:
 
     def _sse_event(self, event: Event) -> None:
         events = self._decoder.feed(event.type, event.data)
+        if self._on_start is not None:
+            events = list(events)
+            for e in events:
+                if type(e) is StreamError:
+                    self._emit((e,))  # an error first: nothing was delivered
+            on_start, self._on_start = self._on_start, None
+            on_start()
         if self._on_sse is not None:
             events = list(events)
             for e in events:

@@ -27,7 +27,7 @@ from twisted.web.resource import IResource
 
 from pylon_ai._accounting import record_request
 from pylon_ai._apierrors import ApiError, api_error
-from pylon_ai._backends import Backend, Call
+from pylon_ai._attempts import Attempts
 from pylon_ai._errors import ProviderError
 from pylon_ai._events import ModelEvent, TextDelta, Usage, merge_usage
 from pylon_ai._gateway import Gateway, UnknownModel, check_request
@@ -98,8 +98,7 @@ class _Completion:
     id: str
     model: str
     received: float
-    backend: Backend | None = None
-    call: Call | None = None
+    call: Attempts | None = None
     ttft: float | None = None
     text: list[str] = field(factory=list)
     usage: Usage | None = None
@@ -243,7 +242,7 @@ class _Session:
         )
         self._in_flight[request_id] = completion
         try:
-            backend, call = self._gateway.open(
+            call = self._gateway.open(
                 "openai", body, lambda event: self._event(completion, event)
             )
         except UnknownModel:
@@ -252,7 +251,6 @@ class _Session:
         except TranslationError as e:
             self._fail(completion, ApiError(400, e.message, e.param))
             return
-        completion.backend = backend
         completion.call = call
         completion.on_shutdown = lambda: self._shutdown(completion)
         self._gateway.track(completion)
@@ -362,7 +360,7 @@ class _Session:
         self._gateway.untrack(completion)
         if completion.call is not None:
             self._gateway.metrics.streams_in_flight.dec()
-        backend = completion.backend
+        backend = completion.call.backend if completion.call is not None else None
         record_request(
             self._gateway.metrics,
             route=ROUTE,

@@ -30,12 +30,14 @@ ANTHROPIC_UPSTREAM_KEY = "sk-up-anthropic"
 OPENAI_UPSTREAM_KEY = "sk-up-openai"
 
 
-def models(base_url: str) -> list[dict[str, Any]]:
+def models(base_url: str, **options: Any) -> list[dict[str, Any]]:
     """
     The C{[[models]]} of every test: one per provider kind, all but the mock
-    pointing at the fake.
+    pointing at the fake.  Retries are off (each scripted reply answers
+    exactly one request) unless C{options} turn them on.
     """
-    return [
+    options = {"retries": 0, **options}
+    upstream = [
         {
             "name": "claude",
             "provider": "anthropic",
@@ -51,6 +53,9 @@ def models(base_url: str) -> list[dict[str, Any]]:
             "base_url": base_url,
         },
         {"name": "local", "provider": "custom", "base_url": base_url, "api_key": ""},
+    ]
+    return [
+        *(dict(m, **options) for m in upstream),
         {"name": "mock", "provider": "mock"},
     ]
 

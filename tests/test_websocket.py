@@ -371,7 +371,7 @@ class CompletionTests(WebSocketTestsMixin, TestCase):
         await self.tracking.wait_idle()
         self.assertEqual(2.0, self.metric("499"))
         self.assertEqual(0.0, self.gateway.metrics.streams_in_flight._value.get())
-        backend = self.gateway.pick("mock")
+        backend = self.gateway.backends["mock"][0]
         self.assertEqual(0, backend.in_flight)
 
     async def test_no_origin_needed(self) -> None:
@@ -516,11 +516,13 @@ class UpstreamTests(WebSocketTestsMixin, TestCase):
                         "model": "claude-test",
                         "api_key": "upstream-key",
                         "base_url": self.fake.base_url,
+                        "retries": 0,
                     },
                     {
                         "name": "local",
                         "provider": "custom",
                         "base_url": self.fake.base_url,
+                        "retries": 0,
                     },
                 ]
             },
