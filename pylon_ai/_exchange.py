@@ -6,6 +6,7 @@ upstream and back, streaming or not, in the caller's API format.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -87,8 +88,18 @@ class Exchange:
     log = Logger()
 
     def __init__(
-        self, gateway: Gateway, request: Request, api: Api, route: str
+        self,
+        gateway: Gateway,
+        request: Request,
+        api: Api,
+        route: str,
+        release: Callable[[], None] | None = None,
     ) -> None:
+        """
+        @param release: Called once when the request is over (the limits'
+            count of requests in flight).
+        """
+        self._release = release
         self._gateway = gateway
         self._request = request
         self._api = api
@@ -355,6 +366,8 @@ class Exchange:
 
     def _log(self) -> None:
         self._gateway.untrack(self)
+        if self._release is not None:
+            self._release()
         if self._stream and self._call is not None:
             self._gateway.metrics.streams_in_flight.dec()
             self._stream = False

@@ -15,6 +15,7 @@ from pylon_ai._attempts import Attempts
 from pylon_ai._backends import Backend, OnEvent, OnSSE
 from pylon_ai._config import Config
 from pylon_ai._http import make_http_client
+from pylon_ai._limits import Limits
 from pylon_ai._metrics import Metrics
 from pylon_ai._translate import (
     TranslationError,
@@ -97,6 +98,7 @@ class Gateway:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
+        self.limits = Limits(config.server, clock)
         self.active: set[Any] = set()
         self._drained: list[Deferred[None]] = []
         self._clients: dict[tuple[str | None, float], Any] = {}

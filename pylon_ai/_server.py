@@ -205,7 +205,11 @@ class _Completions(_Base):
         except TranslationError as e:
             self._refuse(request, ApiError(400, e.message, e.param))
             return NOT_DONE_YET
-        Exchange(self.gateway, request, self.api, self.route).run(body)
+        release = self.gateway.limits.admit(presented_key(request) or "")
+        if isinstance(release, ApiError):
+            self._refuse(request, release)
+            return NOT_DONE_YET
+        Exchange(self.gateway, request, self.api, self.route, release).run(body)
         return NOT_DONE_YET
 
 

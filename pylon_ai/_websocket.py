@@ -103,6 +103,7 @@ class _Completion:
     text: list[str] = field(factory=list)
     usage: Usage | None = None
     on_shutdown: Callable[[], object] | None = None
+    release: Callable[[], None] | None = None
 
     def shutdown(self) -> None:
         """
@@ -144,6 +145,8 @@ class _Session:
         self._send_bytes = send
         self._close_socket = close
         self._authenticated = authenticated
+        #: The client key the socket authenticated with (C{""} if none).
+        self.key = ""
         self._in_flight: dict[str, _Completion] = {}
         self._auth_timer: IDelayedCall | None = None
         self._gone = False
@@ -212,6 +215,7 @@ class _Session:
             self._close(CLOSE_POLICY, "invalid API key")
             return
         self._authenticated = True
+        self.key = key
         self._stop_auth_timer()
         self._send({"type": "auth_ok"})
 
@@ -240,6 +244,14 @@ class _Session:
             model if model in self._gateway.backends else "unknown",
             time.perf_counter(),
         )
+        release = self._gateway.limits.admit(self.key)
+        if isinstance(release, ApiError):
+            self._error(request_id, release.anthropic_type, release.message)
+            self._gateway.metrics.requests.labels(
+                ROUTE, completion.model, str(release.status)
+            ).inc()
+            return
+        completion.release = release
         self._in_flight[request_id] = completion
         try:
             call = self._gateway.open(
@@ -358,6 +370,8 @@ class _Session:
 
     def _record(self, completion: _Completion, status: int) -> None:
         self._gateway.untrack(completion)
+        if completion.release is not None:
+            completion.release()
         if completion.call is not None:
             self._gateway.metrics.streams_in_flight.dec()
         backend = completion.call.backend if completion.call is not None else None
@@ -386,6 +400,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
 
     _pylon_session: _Session | None = None
     _pylon_authenticated = False
+    _pylon_key = ""
 
     @property
     def _pylon_gateway(self) -> Gateway:
@@ -408,6 +423,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             if not key_ok(settings.api_keys, key):
                 raise ConnectionDeny(401, "invalid API key")
             self._pylon_authenticated = True
+            self._pylon_key = key
         elif not settings.api_keys:
             self._pylon_authenticated = True
         return None
@@ -422,6 +438,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self._pylon_close,
             self._pylon_authenticated,
         )
+        self._pylon_session.key = self._pylon_key
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._pylon_session is not None:

@@ -383,3 +383,89 @@ class TimeoutTests(_Case):
         error = json.loads(data[-1])["error"]
         self.assertEqual(error["type"], "timeout_error")
         self.assertGreater(len(data), 3)
+
+
+class LimitTests(_Case):
+    """
+    Concurrency and rate limits answer in the caller's format with
+    C{retry-after}, and free their slot when a request ends.
+    """
+
+    async def limited(self, server: dict[str, Any]) -> tuple[FakeProvider, str]:
+        fake = await self.fake()
+        config = parse_config({"server": server, "models": [_model(fake)]}, {})
+        self.gw = Gateway(config, reactor)
+        self.addCleanup(self.gw.close)
+        site = make_site(self.gw)
+        self.addCleanup(site.close_connections, reactor)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+        return fake, f"http://127.0.0.1:{port.getHost().port}"
+
+    async def post_key(
+        self, url: str, key: str, path: str = CHAT
+    ) -> tuple[int, Any, bytes]:
+        body = {"model": "m", "messages": HI, "max_tokens": 5}
+        d: Deferred[Any] = self.http.post(
+            url + path,
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json", "x-api-key": key},
+        )
+        response = await d.addTimeout(15, reactor)
+        return response.code, response.headers, await treq.content(response)
+
+    async def test_process_concurrency(self) -> None:
+        """
+        Past C{max_concurrent} requests in flight: 503 with retry-after, in
+        the Anthropic shape on /v1/messages; the slot frees when the slow
+        request ends.
+        """
+        fake, url = await self.limited({"api_keys": ["k1"], "max_concurrent": 1})
+        fake.enqueue(FakeReply(chunks=["slow"], first_byte_delay=0.5))
+        fake.enqueue(FakeReply(chunks=["next"]))
+        slow = Deferred.fromCoroutine(self.post_key(url, "k1"))
+        await fake.wait_for_request()
+        status, headers, body = await self.post_key(url, "k1", "/v1/messages")
+        self.assertEqual(status, 503)
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual(json.loads(body)["type"], "error")
+        self.assertEqual((await slow)[0], 200)
+        self.assertEqual((await self.post_key(url, "k1"))[0], 200)
+        self.assertEqual(self.gw.limits.in_flight, 0)
+
+    async def test_per_key_concurrency(self) -> None:
+        """
+        Past C{max_concurrent_per_key}: 429 for that key only.
+        """
+        fake, url = await self.limited(
+            {"api_keys": ["k1", "k2"], "max_concurrent_per_key": 1}
+        )
+        fake.enqueue(FakeReply(chunks=["slow"], first_byte_delay=0.5))
+        fake.enqueue(FakeReply(chunks=["other"]))
+        slow = Deferred.fromCoroutine(self.post_key(url, "k1"))
+        await fake.wait_for_request()
+        status, headers, body = await self.post_key(url, "k1")
+        self.assertEqual(status, 429)
+        self.assertEqual(json.loads(body)["error"]["type"], "rate_limit_error")
+        self.assertEqual(headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertEqual((await self.post_key(url, "k2"))[0], 200)
+        self.assertEqual((await slow)[0], 200)
+
+    async def test_requests_per_minute(self) -> None:
+        """
+        Past C{requests_per_minute_per_key}: 429 with the seconds until the
+        window has room again.
+        """
+        fake, url = await self.limited(
+            {"api_keys": ["k1", "k2"], "requests_per_minute_per_key": 2}
+        )
+        fake.enqueue(*[FakeReply(chunks=["x"])] * 3)
+        self.assertEqual((await self.post_key(url, "k1"))[0], 200)
+        self.assertEqual((await self.post_key(url, "k1"))[0], 200)
+        status, headers, _ = await self.post_key(url, "k1")
+        self.assertEqual(status, 429)
+        wait = int(headers.getRawHeaders(b"retry-after")[0])
+        self.assertTrue(55 <= wait <= 60, wait)
+        self.assertEqual((await self.post_key(url, "k2"))[0], 200)
