@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.http_headers import Headers
 
 from pylon_ai import _anthropic, _openai
 from pylon_ai._config import ModelConfig, ServerConfig
@@ -94,6 +95,14 @@ class Backend:
             self.format = "mock"
             self.model = MOCK_MODEL
         self.label = StreamCall.label_for(self.url) if self.url else "mock"
+        # Built once: every request of this deployment sends the same ones.
+        self._url = self.url.encode("ascii")
+        headers = (
+            _anthropic.request_headers(config.api_key)
+            if self.format == "anthropic"
+            else _openai.request_headers(config.api_key)
+        )
+        self._headers = Headers({k: [v] for k, v in headers.items()})
 
     def failed(self, now: float) -> None:
         """
@@ -148,7 +157,6 @@ class Backend:
             if self.format == "anthropic":
                 body["model"] = self.model
                 body.setdefault("max_tokens", self.config.max_tokens)
-                headers = _anthropic.request_headers(self.config.api_key)
                 # Pass-through forwards the events as they come: the decoder
                 # only keeps the books.
                 light = on_sse is not None
@@ -159,7 +167,6 @@ class Backend:
                 else:
                     body.pop("model", None)  # a custom endpoint that names none
                 body["stream_options"] = {"include_usage": True}
-                headers = _openai.request_headers(self.config.api_key)
                 decoder = _openai.OpenAIStreamDecoder(on_sse is not None)
             call = StreamCall(
                 self._clock,
@@ -173,7 +180,7 @@ class Backend:
                 request_timeout=self.config.request_timeout_s,
                 on_start=on_start,
             )
-            call.start(self._client, self.url, headers, dumps(body))
+            call.start(self._client, self._url, self._headers, dumps(body))
         call.deferred.addBoth(self._finished)
         return call
 

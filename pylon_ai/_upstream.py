@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 from OpenSSL import SSL
 from service_identity import VerificationError
+from zope.interface import implementer
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import (
     ConnectError,
     ConnectionDone,
@@ -29,7 +30,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
 
 from pylon_ai._errors import (
     ProviderConnectionError,
@@ -170,6 +172,31 @@ def _ssl_reason(err: BaseException | None) -> str:
     return "TLS error"
 
 
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body that is already in memory, written at once (Twisted's
+    C{FileBodyProducer} would take reactor turns for it).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class _UpstreamBody(SSEProtocol):
     """
     The SSE parser, noting progress for the idle timeout on every read.
@@ -285,19 +312,34 @@ class StreamCall:
         return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
     def start(
-        self, client: Any, url: str, headers: dict[str, str], body: bytes
+        self,
+        client: Any,
+        url: str | bytes,
+        headers: dict[str, str] | Headers,
+        body: bytes,
     ) -> Deferred[None]:
         """
         Send the request.
 
-        @param client: A C{treq.HTTPClient}.
+        @param client: A C{treq.HTTPClient}, whose agent (and so its pool and
+            TLS policy) is used directly: an API call has no use for treq's
+            cookie jar (shared by every request: a leak between a gateway's
+            clients), redirects or gzip, and they cost on every request.  Any
+            C{IAgent} works too.
+        @param url: The URL (ASCII).
         @return: L{deferred}.
         """
         self._last_progress = self._started_at = self._clock.seconds()
         self._timer = self._clock.callLater(self._next_check(), self._check_idle)
         try:
-            request = client.request(
-                "POST", url, headers=headers, data=body, unbuffered=True
+            agent = getattr(client, "_agent", client)
+            if not isinstance(headers, Headers):
+                headers = Headers({k: [v] for k, v in headers.items()})
+            request = agent.request(
+                b"POST",
+                url if isinstance(url, bytes) else url.encode("ascii"),
+                headers,
+                BytesProducer(body),
             )
         except Exception:
             self._fail(Failure())
