@@ -102,7 +102,7 @@ class AnthropicStreamDecoder:
 
     A I{light} decoder serves pass-through, where the events are forwarded
     as they are and only the bookkeeping is needed: once the first content
-    arrived, C{content_block_delta} events are not parsed at all.
+    arrived, C{content_block_delta} events are only checked to be JSON.
     """
 
     def __init__(self, light: bool = False) -> None:
@@ -123,9 +123,7 @@ class AnthropicStreamDecoder:
         @raise ProviderStreamError: If the data is not the JSON object the
             event type calls for.
         """
-        if event_type == "ping" or (
-            self._content_seen and event_type == "content_block_delta"
-        ):
+        if event_type == "ping":
             return ()
         try:
             obj = loads(data)
@@ -134,6 +132,8 @@ class AnthropicStreamDecoder:
                 f"malformed Anthropic stream: {event_type} event is not JSON",
                 body=excerpt(data),
             ) from None
+        if self._content_seen and event_type == "content_block_delta":
+            return ()  # valid JSON, and nothing the books need
         if not isinstance(obj, dict):
             raise ProviderStreamError(
                 "malformed Anthropic stream: event data is not an object",

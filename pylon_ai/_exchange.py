@@ -133,8 +133,10 @@ class Exchange:
         Start serving a checked request body.
         """
         self._stream = bool(body.get("stream"))
-        options = body.get("stream_options") or {}
-        self._want_usage = options.get("include_usage") is True
+        options = body.get("stream_options")
+        self._want_usage = (
+            isinstance(options, dict) and options.get("include_usage") is True
+        )
         if body["model"] in self._gateway.backends:
             self._model = body["model"]
         self._request.notifyFinish().addErrback(self._client_gone)

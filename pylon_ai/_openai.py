@@ -101,7 +101,7 @@ class OpenAIStreamDecoder:
     A I{light} decoder serves pass-through, where the events themselves are
     forwarded as they are and only the bookkeeping is needed: once the first
     content arrived, a chunk that carries no error, no usage and no finish
-    reason is not parsed at all, and yields nothing.
+    reason is only checked to be JSON, and yields nothing.
     """
 
     def __init__(self, light: bool = False) -> None:
@@ -126,14 +126,16 @@ class OpenAIStreamDecoder:
                 return ()
             self.finished = True
             return (stop_from_openai(self._finish_reason or "stop"),)
-        if self._content_seen and _plain(data):
-            return ()
         try:
             obj = loads(data)
         except ValueError:
             raise ProviderStreamError(
                 "malformed OpenAI stream: data is not JSON", body=excerpt(data)
             ) from None
+        if self._content_seen and _plain(data):
+            # Valid JSON (a garbled chunk must not pass through), but nothing
+            # the books need: not walked.
+            return ()
         if not isinstance(obj, dict):
             raise ProviderStreamError(
                 "malformed OpenAI stream: data is not an object", body=excerpt(data)

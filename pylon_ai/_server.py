@@ -209,7 +209,11 @@ class _Completions(_Base):
         if isinstance(release, ApiError):
             self._refuse(request, release)
             return NOT_DONE_YET
-        Exchange(self.gateway, request, self.api, self.route, release).run(body)
+        try:
+            Exchange(self.gateway, request, self.api, self.route, release).run(body)
+        except Exception:
+            release()  # never leak a slot, whatever went wrong
+            raise
         return NOT_DONE_YET
 
 
