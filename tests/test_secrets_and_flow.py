@@ -192,3 +192,45 @@ class _Counter(Protocol):
         self._tail = (self._tail + data)[-64:]
         if b"data: [DONE]" in self._tail and not self.done.called:
             self.done.callback(None)
+
+
+class NoDelayTests(TestCase):
+    """
+    Both sides of the gateway send each stream event at once: Nagle's
+    algorithm is off on client connections and on pooled upstream ones
+    (twisted.web does it; this guards the property).
+    """
+
+    async def test_no_delay(self) -> None:
+        import socket
+
+        service = await start_service(self)
+        service.fake.enqueue(FakeReply(chunks=["a"]))
+        client = _Counter()
+        connector = reactor.connectTCP(
+            "127.0.0.1", service.port_number, ClientFactory.forProtocol(lambda: client)
+        )
+        self.addCleanup(connector.disconnect)
+        await client.made
+        assert client.transport is not None
+        body = {"model": "local", "stream": True, "messages": [{"role": "user"}]}
+        client.transport.write(http_request("POST", CHAT, body, AUTH))
+        await client.done.addTimeout(10, reactor)
+
+        def nodelay(transport: Any) -> int:
+            handle = transport.getHandle()
+            return int(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        served = [getattr(p, "_channel", p).transport for p in service.site.connections]
+        self.assertEqual([nodelay(t) for t in served], [1])
+        pools = {
+            id(c._agent._pool): c._agent._pool
+            for c in service.gateway._clients.values()
+        }
+        upstream = [
+            conn.transport
+            for pool in pools.values()
+            for conns in pool._connections.values()
+            for conn in conns
+        ]
+        self.assertEqual([nodelay(t) for t in upstream], [1])
