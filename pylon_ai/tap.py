@@ -60,10 +60,12 @@ class Options(usage.Options):
         if port.isdigit():
             # No client keys: listen on loopback only, unless the operator
             # names an interface in an endpoint string.
+            # Twisted's default listen queue (50) drops connection attempts
+            # when many clients arrive at once; each costs a 1 s resend.
             if self.config.server.api_keys:
-                port = f"tcp:{port}"
+                port = f"tcp:{port}:backlog=1024"
             else:
-                port = f"tcp:{port}:interface=127.0.0.1"
+                port = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
         self["endpoint"] = port
 
 

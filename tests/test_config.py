@@ -200,10 +200,10 @@ class OptionsTests(SynchronousTestCase):
         """
         options = Options()
         options.parseOptions([])
-        self.assertEqual(options["endpoint"], "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(options["endpoint"], "tcp:8080:interface=127.0.0.1:backlog=1024")
         options = Options()
         options.parseOptions(["--port", "9000"])
-        self.assertEqual(options["endpoint"], "tcp:9000:interface=127.0.0.1")
+        self.assertEqual(options["endpoint"], "tcp:9000:interface=127.0.0.1:backlog=1024")
 
     def test_endpoint_string_kept(self) -> None:
         """
@@ -224,7 +224,7 @@ class OptionsTests(SynchronousTestCase):
         self.addCleanup(os.unlink, path)
         options = Options()
         options.parseOptions(["--config", path, "--port", "9000"])
-        self.assertEqual(options["endpoint"], "tcp:9000")
+        self.assertEqual(options["endpoint"], "tcp:9000:backlog=1024")
 
     def test_bad_config_is_usage_error(self) -> None:
         """
