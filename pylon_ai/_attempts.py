@@ -88,6 +88,7 @@ class Attempts:
         on_event: OnEvent,
         on_sse: OnSSE | None,
         on_start: Callable[[Backend], object] | None = None,
+        on_flush: Callable[[], object] | None = None,
     ) -> None:
         self._gateway = gateway
         self._clock = gateway.clock
@@ -96,6 +97,7 @@ class Attempts:
         self._on_event = on_event
         self._on_sse = on_sse
         self._on_start = on_start
+        self._on_flush = on_flush
         name = body["model"]
         self._names = [name, *gateway.fallbacks(name)]
         self._name_index = 0
@@ -145,7 +147,9 @@ class Attempts:
         self._for_name += 1
         self._tried.add(id(backend))
         passthrough = self._on_sse if backend.format == self._api else None
-        call = backend.open(body, self._on_event, passthrough, self._started)
+        call = backend.open(
+            body, self._on_event, passthrough, self._started, self._on_flush
+        )
         self._call = call
         call.deferred.addCallbacks(
             self._succeeded,

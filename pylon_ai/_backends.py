@@ -134,6 +134,7 @@ class Backend:
         on_event: OnEvent,
         on_sse: OnSSE | None,
         on_start: Callable[[], object] | None = None,
+        on_flush: Callable[[], object] | None = None,
     ) -> Call:
         """
         Start a streaming request.
@@ -143,13 +144,14 @@ class Backend:
         @param on_event: Called with each model event.
         @param on_sse: Called with each raw SSE event, for pass-through.
         @param on_start: Called once before the first event is delivered.
+        @param on_flush: Called after each batch of events was delivered.
         """
         self.in_flight += 1
         call: StreamCall | MockCall
         if self.format == "mock":
             if on_start is not None:
                 on_start()
-            call = MockCall(self._clock, body, on_event)
+            call = MockCall(self._clock, body, on_event, on_flush=on_flush)
             call.start()
         else:
             body = dict(body)
@@ -179,6 +181,7 @@ class Backend:
                 first_byte_timeout=self.config.first_byte_timeout_s,
                 request_timeout=self.config.request_timeout_s,
                 on_start=on_start,
+                on_flush=on_flush,
             )
             call.start(self._client, self._url, self._headers, dumps(body))
         call.deferred.addBoth(self._finished)

@@ -126,6 +126,7 @@ class Exchange:
         self._tools: dict[int, list[Any]] = {}
         self._stop: Stop | None = None
         self._producer: Any = None
+        self._out: list[bytes] = []
         self._shutting_down = False
 
     def run(self, body: dict[str, Any]) -> None:
@@ -147,6 +148,7 @@ class Exchange:
                 self._event,
                 self._sse if self._stream else None,
                 self._upstream_chosen,
+                self._flush if self._stream else None,
             )
         except UnknownModel:
             self._error(
@@ -265,11 +267,18 @@ class Exchange:
         )
 
     def _write(self, data: bytes) -> None:
-        if self._gone:
+        # Collected, and written once per upstream read (_flush): one HTTP
+        # chunk for a burst of events rather than one each.
+        self._out.append(data)
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out or self._gone:
             return
         if not self._began:
             self._begin()
-        self._request.write(data)
+        self._request.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
 
     def _unregister(self) -> None:
         if self._producer is not None:
@@ -289,6 +298,9 @@ class Exchange:
             else:
                 encoder = self._encoder or self._make_encoder()
                 self._write(encoder.finish())
+            self._flush()
+            if not self._began:
+                self._begin()
             self._unregister()
             self._request.finish()
         else:
@@ -346,6 +358,7 @@ class Exchange:
 
     def _error(self, error: ApiError) -> None:
         self._status = error.status
+        self._flush()  # what the client was owed before the failure
         if self._began:
             self._unregister()
             if not self._gone:

@@ -245,6 +245,7 @@ class Gateway:
         on_event: OnEvent,
         on_sse: OnSSE | None = None,
         on_start: Callable[[Backend], object] | None = None,
+        on_flush: Callable[[], object] | None = None,
     ) -> Attempts:
         """
         Start serving a checked request of API C{api}: the first attempt, and
@@ -254,7 +255,9 @@ class Gateway:
             the upstream speaks C{api} too (and only then).
         @param on_start: Called with the deployment whose reply is about to
             be delivered, before its first event.
+        @param on_flush: Called after each batch of events (one upstream
+            read) was delivered.
         @raise UnknownModel: If the model is not configured.
         @raise TranslationError: If the request cannot be translated.
         """
-        return Attempts(self, api, body, on_event, on_sse, on_start).start()
+        return Attempts(self, api, body, on_event, on_sse, on_start, on_flush).start()

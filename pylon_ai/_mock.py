@@ -78,9 +78,11 @@ class MockCall:
         body: dict[str, Any],
         on_event: Callable[[ModelEvent], object],
         delay: float = WORD_DELAY,
+        on_flush: Callable[[], object] | None = None,
     ) -> None:
         self._clock = clock
         self._on_event = on_event
+        self._on_flush = on_flush
         self._delay = delay
         prompt, input_words = prompt_text(body)
         self._words = reply_words(prompt)
@@ -113,6 +115,8 @@ class MockCall:
         try:
             self._on_event(MessageStart(self._id, MOCK_MODEL))
             self._on_event(Usage(self._input, 0))
+            if self._on_flush is not None:
+                self._on_flush()
         except BaseException as e:
             self.deferred.errback(e)
             return
@@ -123,6 +127,8 @@ class MockCall:
         try:
             if self._sent < len(self._words):
                 self._on_event(TextDelta(self._words[self._sent]))
+                if self._on_flush is not None:
+                    self._on_flush()
                 self._sent += 1
                 self._timer = self._clock.callLater(self._delay, self._next)
                 return

@@ -212,8 +212,11 @@ class _UpstreamBody(SSEProtocol):
         self._call = call
 
     def dataReceived(self, data: bytes) -> None:
-        self._call.progress()
+        call = self._call
+        call.progress()
         super().dataReceived(data)
+        if call.on_flush is not None:
+            call.on_flush()
 
 
 class _ErrorBody(Protocol):
@@ -265,6 +268,7 @@ class StreamCall:
         first_byte_timeout: float | None = None,
         request_timeout: float | None = None,
         on_start: Callable[[], object] | None = None,
+        on_flush: Callable[[], object] | None = None,
     ) -> None:
         """
         @param clock: Schedules the idle timeout.
@@ -281,6 +285,8 @@ class StreamCall:
         @param request_timeout: Seconds the whole call may take, if bounded.
         @param on_start: Called once, just before the first event of the
             stream is delivered (after that, retrying would splice streams).
+        @param on_flush: Called after the events of each read were
+            delivered, so a consumer can write them out in one go.
         """
         self._clock = clock
         self._decoder = decoder
@@ -292,6 +298,7 @@ class StreamCall:
         self._first_byte_timeout = first_byte_timeout
         self._request_timeout = request_timeout
         self._on_start = on_start
+        self.on_flush = on_flush
         self._started_at = 0.0
         self._got_body = False
         self.deferred: Deferred[None] = Deferred(self._cancel)
