@@ -11,8 +11,9 @@ from treq.client import HTTPClient
 from zope.interface import implementer
 
 from twisted.internet._sslverify import IOpenSSLTrustRoot
-from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
 
 #: Idle pooled connections are closed after this many seconds: below the idle
 #: timeout of the providers' load balancers, so a pooled connection is not
@@ -56,6 +57,33 @@ def make_pool(reactor: Any, persistent: bool = True) -> HTTPConnectionPool:
     pool.maxPersistentPerHost = POOL_PER_HOST
     pool.cachedConnectionTimeout = POOL_IDLE_SECONDS  # type: ignore[assignment]
     return pool
+
+
+@implementer(IAgentEndpointFactory)
+class _EndpointCache:
+    """
+    Reuses the endpoint of a host instead of building one per request.
+
+    Twisted's agent makes a new C{HostnameEndpoint} (with IDNA encoding of
+    the host name) for every request, even one that a pooled connection
+    serves: about 60 us, on every request of the hot path.
+    """
+
+    #: Distinct upstream hosts remembered; the library may be pointed at many.
+    SIZE = 64
+
+    def __init__(self, inner: IAgentEndpointFactory) -> None:
+        self._inner = inner
+        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            if len(self._cache) >= self.SIZE:
+                self._cache.clear()
+            endpoint = self._cache[key] = self._inner.endpointForURI(uri)
+        return endpoint
 
 
 @implementer(IOpenSSLTrustRoot)
@@ -116,9 +144,11 @@ def make_http_client(
     if pool is None:
         pool = make_pool(reactor, persistent)
     policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
-    return HTTPClient(
-        Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=connect_timeout)
+    agent = Agent(
+        reactor, contextFactory=policy, pool=pool, connectTimeout=connect_timeout
     )
+    agent._endpointFactory = _EndpointCache(agent._endpointFactory)
+    return HTTPClient(agent)
 
 
 _shared: dict[int, tuple[object, HTTPClient]] = {}
