@@ -69,6 +69,30 @@ def key_ok(keys: tuple[str, ...], presented: str | None) -> bool:
     return ok
 
 
+def origin_allowed(
+    origin: str | None, host: str | None, allowed: tuple[str, ...]
+) -> bool:
+    """
+    Whether a handshake's C{Origin} may open a socket: none at all (not a
+    browser), the service's own (same host and port), or a configured one.
+
+    @param origin: The C{Origin} header, if any.
+    @param host: The C{Host} header, if any.
+    @param allowed: The configured C{cors_origins}.
+    """
+    if origin is None:
+        return True
+    if origin in allowed:
+        return True
+    scheme, sep, rest = origin.partition("://")
+    return (
+        bool(sep)
+        and scheme.lower() in ("http", "https")
+        and host is not None
+        and rest.lower() == host.lower()
+    )
+
+
 class GatewayRequest(Request):
     """
     A request that refuses a body over the limit from its C{Content-Length}
@@ -185,10 +209,9 @@ class _Base(Resource):
             ).inc()
 
     def _origin_ok(self, request: Request, origin: str) -> bool:
-        if origin in self.settings.cors_origins:
-            return True
-        host = request.getHeader("host")
-        return host is not None and origin.split("://", 1)[-1] == host
+        return origin_allowed(
+            origin, request.getHeader("host"), self.settings.cors_origins
+        )
 
 
 class _Completions(_Base):

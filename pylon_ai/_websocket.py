@@ -32,7 +32,7 @@ from pylon_ai._errors import ProviderError
 from pylon_ai._events import ModelEvent, TextDelta, Usage, merge_usage
 from pylon_ai._gateway import Gateway, UnknownModel, check_request
 from pylon_ai._json import dumps, loads
-from pylon_ai._server import key_ok, presented_key
+from pylon_ai._server import key_ok, origin_allowed, presented_key
 from pylon_ai._translate import TranslationError
 
 ROUTE = "/v1/ws"
@@ -63,30 +63,6 @@ class _Headers:
 
     def getHeader(self, name: str) -> str | None:
         return self._headers.get(name.lower())
-
-
-def origin_allowed(
-    origin: str | None, host: str | None, allowed: tuple[str, ...]
-) -> bool:
-    """
-    Whether a handshake's C{Origin} may open a socket: none at all (not a
-    browser), the service's own (same host and port), or a configured one.
-
-    @param origin: The C{Origin} header, if any.
-    @param host: The C{Host} header, if any.
-    @param allowed: The configured C{cors_origins}.
-    """
-    if origin is None:
-        return True
-    if origin in allowed:
-        return True
-    scheme, sep, rest = origin.partition("://")
-    return (
-        bool(sep)
-        and scheme.lower() in ("http", "https")
-        and host is not None
-        and rest.lower() == host.lower()
-    )
 
 
 @define(eq=False)
