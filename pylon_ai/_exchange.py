@@ -269,7 +269,8 @@ class Exchange:
     def _write(self, data: bytes) -> None:
         # Collected, and written once per upstream read (_flush): one HTTP
         # chunk for a burst of events rather than one each.
-        self._out.append(data)
+        if not self._gone:
+            self._out.append(data)
 
     def _flush(self) -> None:
         out = self._out

@@ -1,0 +1,1 @@
+Resilience: retries with backoff and retry-after, deployments with cooldown and fallbacks, connect/first-byte/idle/request timeouts, concurrency and rate limits, a fault-injection suite and a soak script.
