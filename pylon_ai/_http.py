@@ -11,6 +11,8 @@ from treq.client import HTTPClient
 from zope.interface import implementer
 
 from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.abstract import isIPAddress
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
@@ -72,8 +74,17 @@ class _EndpointCache:
     #: Distinct upstream hosts remembered; the library may be pointed at many.
     SIZE = 64
 
-    def __init__(self, inner: IAgentEndpointFactory) -> None:
+    def __init__(
+        self,
+        inner: IAgentEndpointFactory,
+        reactor: Any,
+        policy: BrowserLikePolicyForHTTPS,
+        connect_timeout: float | None,
+    ) -> None:
         self._inner = inner
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = 30 if connect_timeout is None else connect_timeout
         self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
@@ -82,7 +93,22 @@ class _EndpointCache:
         if endpoint is None:
             if len(self._cache) >= self.SIZE:
                 self._cache.clear()
-            endpoint = self._cache[key] = self._inner.endpointForURI(uri)
+            endpoint = self._cache[key] = self._make(uri)
+        return endpoint
+
+    def _make(self, uri: URI) -> IStreamClientEndpoint:
+        # An IPv4 literal (a local vLLM or Ollama) needs no name resolution:
+        # Twisted's HostnameEndpoint would still make a thread-pool round
+        # trip for every new connection.
+        host = uri.host.decode("ascii", "replace")
+        if not isIPAddress(host):
+            return self._inner.endpointForURI(uri)
+        endpoint: IStreamClientEndpoint = TCP4ClientEndpoint(
+            self._reactor, host, uri.port, timeout=self._timeout
+        )
+        if uri.scheme == b"https":
+            creator = self._policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
         return endpoint
 
 
@@ -147,7 +173,9 @@ def make_http_client(
     agent = Agent(
         reactor, contextFactory=policy, pool=pool, connectTimeout=connect_timeout
     )
-    agent._endpointFactory = _EndpointCache(agent._endpointFactory)
+    agent._endpointFactory = _EndpointCache(
+        agent._endpointFactory, reactor, policy, connect_timeout
+    )
     return HTTPClient(agent)
 
 
