@@ -664,8 +664,10 @@ def start_target(target: Target, versions: dict[str, Any]) -> None:
                 "-n",
                 "--pidfile=",
                 "pylon-ai",
+                # A bare port, as the README's operator types it: loopback
+                # only (no keys configured) and a listen queue of 1024.
                 "--port",
-                f"tcp:{port}:interface=127.0.0.1",
+                str(port),
                 "--config",
                 str(cfg),
             ],
