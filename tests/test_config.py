@@ -200,10 +200,14 @@ class OptionsTests(SynchronousTestCase):
         """
         options = Options()
         options.parseOptions([])
-        self.assertEqual(options["endpoint"], "tcp:8080:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(
+            options["endpoint"], "tcp:8080:interface=127.0.0.1:backlog=1024"
+        )
         options = Options()
         options.parseOptions(["--port", "9000"])
-        self.assertEqual(options["endpoint"], "tcp:9000:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(
+            options["endpoint"], "tcp:9000:interface=127.0.0.1:backlog=1024"
+        )
 
     def test_endpoint_string_kept(self) -> None:
         """
