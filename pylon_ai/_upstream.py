@@ -505,19 +505,18 @@ class StreamCall:
 
     def _sse_event(self, event: Event) -> None:
         events = self._decoder.feed(event.type, event.data)
-        if self._on_start is not None:
-            events = list(events)
-            for e in events:
-                if type(e) is StreamError:
-                    self._emit((e,))  # an error first: nothing was delivered
-            on_start, self._on_start = self._on_start, None
-            on_start()
-        if self._on_sse is not None:
+        if self._on_start is not None or self._on_sse is not None:
+            # An error event is raised before anything of it is delivered:
+            # neither counted as a start nor passed through.
             events = list(events)
             for e in events:
                 if type(e) is StreamError:
                     self._emit((e,))
-            self._on_sse(event, events)
+            if self._on_start is not None:
+                on_start, self._on_start = self._on_start, None
+                on_start()
+            if self._on_sse is not None:
+                self._on_sse(event, events)
         self._emit(events)
 
     def _body_done(self, _: None) -> None:
