@@ -45,6 +45,37 @@ class ServerConfig:
     max_concurrent_per_key: int = 0
     #: Requests per minute per client key (0: no limit); past it, 429.
     requests_per_minute_per_key: int = 0
+    #: Further C{Host} names accepted in no-key mode, beside the loopback
+    #: ones (C{localhost}, C{127.0.0.1}, C{[::1]}).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Serve without client keys on a non-loopback interface (logged as a
+    #: warning at start).
+    allow_unauthenticated: bool = False
+    #: Whether C{/metrics} answers without a key; C{None}: only in no-key
+    #: mode.
+    metrics_public: bool | None = None
+    #: The largest single event (all its lines) in an upstream stream.
+    max_event_bytes: int = 16 * MB
+    #: The largest reply collected for a non-streaming request.
+    max_reply_bytes: int = 16 * MB
+    #: Seconds a client has to send its request line and headers.
+    header_timeout_s: float = 10.0
+    #: Client connections open at once in this process (0: no limit);
+    #: past it new ones get a 503 and are closed.
+    max_connections: int = 4096
+    #: Bytes queued for one WebSocket client before its upstreams pause...
+    ws_pause_bytes: int = 1 * MB
+    #: ...and before the socket is closed as not reading.
+    ws_max_queued_bytes: int = 16 * MB
+
+    @property
+    def public_metrics(self) -> bool:
+        """
+        Whether C{/metrics} needs no key.
+        """
+        if self.metrics_public is None:
+            return not self.api_keys
+        return self.metrics_public
 
 
 @frozen
@@ -119,6 +150,15 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_concurrent": int,
     "max_concurrent_per_key": int,
     "requests_per_minute_per_key": int,
+    "allowed_hosts": list,
+    "allow_unauthenticated": bool,
+    "metrics_public": bool,
+    "max_event_bytes": int,
+    "max_reply_bytes": int,
+    "header_timeout_s": (int, float),
+    "max_connections": int,
+    "ws_pause_bytes": int,
+    "ws_max_queued_bytes": int,
 }
 
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -153,7 +193,9 @@ def _check_types(
                 f"unknown key {where}.{key} (known: {', '.join(sorted(spec))})"
             )
         want = spec[key]
-        if isinstance(value, bool) or not isinstance(value, want):
+        if (isinstance(value, bool) and want is not bool) or not isinstance(
+            value, want
+        ):
             names = (
                 " or ".join(t.__name__ for t in want)
                 if isinstance(want, tuple)
@@ -192,16 +234,26 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         raise ConfigError("[server] must be a table")
     _check_types(raw_server, _SERVER_KEYS, "server")
     server_args = dict(raw_server)
-    for key in ("api_keys", "cors_origins"):
+    for key in ("api_keys", "cors_origins", "allowed_hosts"):
         if key in server_args:
             server_args[key] = _strings(server_args[key], f"server.{key}")
-    for key in ("max_body_bytes", "shutdown_grace_s", "upstream_timeout_s"):
+    for key in (
+        "max_body_bytes",
+        "shutdown_grace_s",
+        "upstream_timeout_s",
+        "max_event_bytes",
+        "max_reply_bytes",
+        "header_timeout_s",
+        "ws_pause_bytes",
+        "ws_max_queued_bytes",
+    ):
         if key in server_args:
             _positive(server_args[key], f"server.{key}")
     for key in (
         "max_concurrent",
         "max_concurrent_per_key",
         "requests_per_minute_per_key",
+        "max_connections",
     ):
         if server_args.get(key, 0) < 0:
             raise ConfigError(f"server.{key} must be 0 (no limit) or more")

@@ -7,22 +7,34 @@ library is the fallback so that it stays optional.
 
 from __future__ import annotations
 
+import importlib
 import json
 from types import ModuleType
 from typing import Any
 
-_orjson: ModuleType | None
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised where orjson is absent
-    _orjson = None
+
+def _import_orjson() -> ModuleType | None:
+    try:
+        return importlib.import_module("orjson")
+    except ImportError:  # pragma: no cover - exercised where orjson is absent
+        return None
+
+
+_orjson = _import_orjson()
+
+
+def _refuse_constant(name: str) -> Any:
+    # The standard library takes NaN and Infinity, which are not JSON: an
+    # upstream would get them as such.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def loads(data: bytes | str) -> Any:
     """
     Parse a JSON document.
 
-    @raise ValueError: If C{data} is not valid JSON (or not valid UTF-8).
+    @raise ValueError: If C{data} is not valid JSON (or not valid UTF-8),
+        holds C{NaN} or C{Infinity}, or nests too deeply.
     """
     if _orjson is not None:
         try:
@@ -31,7 +43,10 @@ def loads(data: bytes | str) -> Any:
             # orjson refuses what the standard library takes, such as an
             # escaped lone surrogate; only a document both refuse is invalid.
             pass
-    return json.loads(data)
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(value: Any) -> bytes:

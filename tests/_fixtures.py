@@ -1,8 +1,8 @@
 """
-Loading the shared streaming fixtures (C{shared/fixtures}).
+Loading the streaming fixtures: raw SSE transcripts in both providers'
+formats, with the results expected from them.
 
-The fixtures live beside the repository, not inside it: C{../shared/fixtures}
-relative to the repository root, or wherever C{PYLON_FIXTURES} points.  A
+They live in C{tests/fixtures}, or wherever C{PYLON_FIXTURES} points.  A
 missing directory is an error, never a skip: tests that silently pass without
 their data are worse than failing ones.
 """
@@ -24,18 +24,18 @@ def fixtures_dir() -> Path:
     """
     Find the fixtures directory.
 
-    @return: C{$PYLON_FIXTURES} if set, else C{<repo>/../shared/fixtures}.
+    @return: C{$PYLON_FIXTURES} if set, else C{tests/fixtures}.
     @raise FileNotFoundError: If that directory does not exist.
     """
     override = os.environ.get(FIXTURES_ENV)
     if override:
         path = Path(override)
     else:
-        path = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+        path = Path(__file__).resolve().parent / "fixtures"
     if not path.is_dir():
         raise FileNotFoundError(
-            f"streaming fixtures not found at {path}: put a copy of shared/ "
-            f"beside the repository or set {FIXTURES_ENV}"
+            f"streaming fixtures not found at {path}: restore tests/fixtures "
+            f"or set {FIXTURES_ENV}"
         )
     return path
 
