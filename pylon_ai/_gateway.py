@@ -126,12 +126,13 @@ class Gateway:
 
     def close(self) -> Any:
         """
-        Close the pooled upstream connections.
+        Close the pooled upstream connections and stop the limits' timer.
 
         @return: A L{Deferred} that fires when they are closed.
         """
         from twisted.internet.defer import gatherResults
 
+        self.limits.stop()
         return gatherResults(
             [c._agent._pool.closeCachedConnections() for c in self._clients.values()]
         )
