@@ -183,3 +183,50 @@ def stop_to_openai(stop: Stop) -> str:
     The OpenAI C{finish_reason} for a L{Stop}.
     """
     return _STOP_TO_OPENAI[stop.reason]
+
+
+# -- reasoning -----------------------------------------------------------------
+# Appended for the canonical model (L{pylon_ai.formats}); not yet part of
+# L{ModelEvent}: the stream decoders and encoders that produce and consume
+# them widen that union when they are wired in.
+
+
+@frozen
+class ReasoningDelta:
+    """
+    A piece of the model's visible reasoning (Anthropic C{thinking_delta},
+    Chat Completions C{reasoning_content} or C{reasoning} deltas).
+
+    @ivar text: The text; never empty when produced by a decoder.
+    """
+
+    text: str
+
+
+@frozen
+class ReasoningSignature:
+    """
+    The signature that closes one block of reasoning (Anthropic
+    C{signature_delta}).  The reasoning deltas since the previous signature
+    (or since the start) are the text it signs; a client must send both back
+    unchanged for multi-turn tool use with thinking.
+
+    @ivar signature: The opaque signature.
+    """
+
+    signature: str
+
+
+@frozen
+class RedactedReasoning:
+    """
+    A whole block of reasoning the provider encrypted (Anthropic
+    C{redacted_thinking}); it is opaque and is sent back as it came.
+
+    @ivar data: The opaque, encrypted content.
+    """
+
+    data: str
+
+
+ReasoningEvent = ReasoningDelta | ReasoningSignature | RedactedReasoning
