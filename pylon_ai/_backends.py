@@ -73,7 +73,11 @@ class Backend:
         self.cooldown_until = 0.0
         self.provider = config.provider
         self.url = ""
-        self.model: str | None = config.model
+        # Only a custom model may have none configured; Ollama and vLLM
+        # refuse a request without one, so send the name clients ask for
+        # (this deployment's, not the request's, which may name a model this
+        # one stands in for as a fallback).
+        self.model: str = config.model or config.name
         if config.provider == "anthropic":
             self.format = "anthropic"
             self.url = AnthropicProvider(
@@ -164,10 +168,7 @@ class Backend:
                 light = on_sse is not None
                 decoder: Any = _anthropic.AnthropicStreamDecoder(light)
             else:
-                if self.model:
-                    body["model"] = self.model
-                else:
-                    body.pop("model", None)  # a custom endpoint that names none
+                body["model"] = self.model
                 body["stream_options"] = {"include_usage": True}
                 decoder = _openai.OpenAIStreamDecoder(on_sse is not None)
             call = StreamCall(

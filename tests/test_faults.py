@@ -61,7 +61,11 @@ MODES = [
 #: route; the Anthropic one the other way round.
 BAD = {"openai": "bad-openai", "anthropic": "bad-anthropic"}
 #: What the healthy upstream answers, slowly enough to overlap the fault.
-HEALTHY = FakeReply(chunks=["Hel", "lo", " there"], usage=(5, 3), chunk_delay=0.01)
+#: (It names its model: the custom models ask for their own names, which
+#: differ, and the fake would echo them.)
+HEALTHY = FakeReply(
+    chunks=["Hel", "lo", " there"], usage=(5, 3), chunk_delay=0.01, model="up"
+)
 HEALTHY_TEXT = "Hello there"
 MAX_LINE = 2048
 #: Seconds the settling of a scenario may take.

@@ -662,8 +662,9 @@ class PassThroughTests(_HTTPCase):
 
     async def test_custom_without_model(self) -> None:
         """
-        A C{custom} model configured without an upstream C{model} names none
-        upstream (not the gateway's name for it), in either direction.
+        A C{custom} model configured without an upstream C{model} sends the
+        name the client asked for (Ollama and vLLM require a model), passed
+        through or translated.
         """
         self.fake.enqueue(FakeReply(["a"]), FakeReply(["b"]))
         status, _, _ = await self.post(CHAT, chat("local", stream=True))
@@ -671,10 +672,13 @@ class PassThroughTests(_HTTPCase):
         status, _, _ = await self.post(MESSAGES, message("local"))
         self.assertEqual(status, 200)
         self.assertEqual(
-            [sorted(r.json) for r in self.fake.requests],
+            [(r.json["model"], sorted(r.json)) for r in self.fake.requests],
             [
-                ["messages", "stream", "stream_options"],
-                ["max_tokens", "messages", "stream", "stream_options"],
+                ("local", ["messages", "model", "stream", "stream_options"]),
+                (
+                    "local",
+                    ["max_tokens", "messages", "model", "stream", "stream_options"],
+                ),
             ],
         )
 
