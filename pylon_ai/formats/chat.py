@@ -571,9 +571,9 @@ def _encode_tools(req: CanonicalRequest, out: JSON, native: bool) -> None:
             )
         own = bool(tools)
         tools.append(_function(structured_output_tool(req.output_format)))
-        if not own or choice is None or choice.mode == "none":
+        if not own or (choice is not None and choice.mode == "none"):
             choice = ToolChoice("tool", STRUCTURED_OUTPUT_TOOL)
-        elif choice.mode == "auto":
+        elif choice is None or choice.mode == "auto":
             choice = ToolChoice("required")
     if not tools:
         return

@@ -508,9 +508,9 @@ def _encode_tools(req: CanonicalRequest, out: JSON, native: bool) -> bool:
             )
         own = bool(tools)
         tools.append(_tool(structured_output_tool(output), False))
-        if not own or choice is None or choice.mode == "none":
+        if not own or (choice is not None and choice.mode == "none"):
             choice = ToolChoice("tool", STRUCTURED_OUTPUT_TOOL)
-        elif choice.mode == "auto":
+        elif choice is None or choice.mode == "auto":
             choice = ToolChoice("required")
     serial = req.parallel_tool_calls is False
     encoded: JSON | None
