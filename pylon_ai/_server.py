@@ -1,23 +1,28 @@
 """
-The HTTP side of the service: the routes, client authentication, CORS and
-the request body limit.
+The HTTP side of the service: the routes, client authentication, CORS, the
+rules of no-key mode, and the limits on what a client may send (body size,
+time to send the headers, open connections).
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from importlib import resources as importlib_resources
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.error import UnsupportedMethod
+from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pylon_ai._apierrors import ApiError
 from pylon_ai._exchange import Exchange, respond_error, respond_json
 from pylon_ai._gateway import Api, Gateway, check_request, deadline
+from pylon_ai._intake import Busy, GatewayChannel, host_allowed, is_json_type
 from pylon_ai._json import dumps, loads
 from pylon_ai._translate import TranslationError
 
@@ -93,6 +98,85 @@ def origin_allowed(
     )
 
 
+class _BadHeader(ValueError):
+    """
+    A header the service reads is not UTF-8.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _text_header(request: Request, raw_name: bytes, name: str) -> str | None:
+    values = request.requestHeaders.getRawHeaders(raw_name)
+    if values is None:
+        return None
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadHeader(name) from None
+
+
+def _client_headers(request: Request) -> tuple[str | None, str | None, str | None]:
+    """
+    The C{Host}, C{Origin} and client key of a request, decoded.
+
+    @raise _BadHeader: If one of them, C{Authorization} or C{x-api-key} is
+        not UTF-8 (Twisted's own decoding would raise deep inside a route).
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"host")
+    host = _text_header(request, b"host", "Host")
+    if hosts is not None and len(hosts) > 1:
+        host = None  # which one the client meant is anybody's guess
+    origin = _text_header(request, b"origin", "Origin")
+    auth = _text_header(request, b"authorization", "Authorization")
+    key = _text_header(request, b"x-api-key", "x-api-key")
+    return host, origin, _key_of(auth, key)
+
+
+def _key_of(auth: str | None, x_api_key: str | None) -> str | None:
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return x_api_key or None
+
+
+def _error_body(api: Api, error: ApiError) -> dict[str, Any]:
+    body = error.body(api)
+    if api == "openai" and error.status == 415:
+        # Not in the status table of the upstream errors: a client mistake.
+        body["error"]["type"] = "invalid_request_error"
+    return body
+
+
+def _respond_error(
+    request: Request,
+    api: Api,
+    error: ApiError,
+    headers: dict[bytes, bytes] | None = None,
+) -> None:
+    if error.status == 415:
+        respond_json(request, error.status, _error_body(api, error), headers)
+    else:
+        respond_error(request, api, error, headers)
+
+
+def _fail(request: Request, api: Api) -> None:
+    """
+    End a request whose handling raised: a JSON 500 when nothing was sent
+    yet, else a cut connection (a stream that stops short is an error to
+    the client; a clean end would not be).
+    """
+    if request.finished or request._disconnected:
+        return
+    if request.startedWriting:
+        request.loseConnection()
+        return
+    respond_error(request, api, ApiError(500, "internal error in the gateway"))
+
+
 class GatewayRequest(Request):
     """
     A request that refuses a body over the limit from its C{Content-Length}
@@ -103,6 +187,13 @@ class GatewayRequest(Request):
     max_body_bytes = 32 * 1024 * 1024
     _too_large = False
     _received = 0
+    _log = Logger()
+
+    def processingFailed(self, reason: Failure) -> None:
+        # Twisted's own answer is an HTML page; the routes catch their own
+        # errors, so this is for what happens outside them.
+        self._log.failure("Unexpected error serving a request", failure=reason)
+        _fail(self, api_for_path(self.path))
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body_bytes:
@@ -145,7 +236,9 @@ class GatewayRequest(Request):
 
 class _Base(Resource):
     """
-    Shared by the routes: CORS and client authentication.
+    Shared by the routes: the checks of every request (header bytes, the
+    C{Host} and content type of no-key mode), CORS and client
+    authentication; an unexpected exception is a JSON 500.
     """
 
     isLeaf = True
@@ -160,9 +253,53 @@ class _Base(Resource):
         self.gateway = gateway
         self.settings = gateway.config.server
 
+    def api_of(self, request: Request) -> Api:
+        """
+        The API whose error shape C{request} gets.
+        """
+        return self.api
+
     def render(self, request: Request) -> Any:
-        origin = request.getHeader("origin")
-        if origin is not None and self._origin_ok(request, origin):
+        try:
+            try:
+                host, origin, key = _client_headers(request)
+            except _BadHeader as e:
+                self._refuse(
+                    request, ApiError(400, f"the {e.name} header is not valid UTF-8")
+                )
+                return NOT_DONE_YET
+            if not self.settings.api_keys and not host_allowed(
+                host, self.settings.allowed_hosts
+            ):
+                self._refuse(
+                    request,
+                    ApiError(
+                        403,
+                        "this Host is not served without api_keys: use localhost, "
+                        "127.0.0.1 or [::1], or list it in [server] allowed_hosts",
+                    ),
+                )
+                return NOT_DONE_YET
+            return self._serve(request, host, origin, key)
+        except Exception:
+            self.log.failure(
+                "Unexpected error serving {route}",
+                route=self.route or type(self).__name__,
+            )
+            if not (request.finished or request.startedWriting):
+                self._count(500)
+            _fail(request, self.api_of(request))
+            return NOT_DONE_YET
+
+    def _serve(
+        self, request: Request, host: str | None, origin: str | None, key: str | None
+    ) -> Any:
+        """
+        Answer a request that passed the checks every route makes.
+        """
+        if origin is not None and origin_allowed(
+            origin, host, self.settings.cors_origins
+        ):
             request.setHeader(b"access-control-allow-origin", origin.encode())
             request.setHeader(b"vary", b"Origin")
             if request.method == b"OPTIONS":
@@ -173,22 +310,38 @@ class _Base(Resource):
                 request.setHeader(b"access-control-max-age", b"600")
                 request.setResponseCode(204)
                 return b""
-        if self.needs_key and not key_ok(
-            self.settings.api_keys, presented_key(request)
-        ):
+        keys = self.settings.api_keys
+        if self.needs_key and not key_ok(keys, key):
             self._refuse(
                 request,
                 ApiError(401, "missing or invalid API key"),
                 {b"www-authenticate": b"Bearer"},
             )
             return NOT_DONE_YET
+        if (
+            not keys
+            and request.method == b"POST"
+            and not is_json_type(request.getHeader(b"content-type"))
+        ):
+            # A page on another origin may POST text/plain (or a body with
+            # no type) without a CORS preflight; JSON needs one.
+            self._refuse(
+                request,
+                ApiError(
+                    415,
+                    "the request body must be sent as content-type: application/json",
+                    error_type="invalid_request_error",
+                ),
+            )
+            return NOT_DONE_YET
         try:
             return super().render(request)
         except UnsupportedMethod as e:
+            method = request.method.decode("ascii", "replace")
             respond_error(
                 request,
                 self.api,
-                ApiError(405, f"method {request.method.decode()} not allowed here"),
+                ApiError(405, f"method {method} not allowed here"),
                 {b"allow": b", ".join(e.allowedMethods)},
             )
             return NOT_DONE_YET
@@ -202,16 +355,14 @@ class _Base(Resource):
         """
         Answer with C{error} before any model is involved, and count it.
         """
-        respond_error(request, self.api, error, headers)
+        _respond_error(request, self.api_of(request), error, headers)
+        self._count(error.status)
+
+    def _count(self, status: int) -> None:
         if self.route:
             self.gateway.metrics.requests.labels(
-                self.route, "unknown", str(error.status)
+                self.route, "unknown", str(status)
             ).inc()
-
-    def _origin_ok(self, request: Request, origin: str) -> bool:
-        return origin_allowed(
-            origin, request.getHeader("host"), self.settings.cors_origins
-        )
 
 
 class _Completions(_Base):
@@ -301,6 +452,7 @@ class Health(_Base):
     """
 
     needs_key = False
+    route = "/healthz"
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -312,7 +464,13 @@ class MetricsPage(_Base):
     C{GET /metrics}: Prometheus text format.
     """
 
-    needs_key = False
+    route = "/metrics"
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway)
+        # The metrics name every model, which /v1/models shows only to
+        # clients with a key.
+        self.needs_key = not self.settings.public_metrics
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
@@ -325,6 +483,7 @@ class ChatPage(_Base):
     """
 
     needs_key = False
+    route = "/"
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -343,11 +502,16 @@ class NotFound(_Base):
 
     needs_key = False
 
-    def render(self, request: Request) -> Any:
-        api = api_for_path(request.path)
-        body = ApiError(
-            404, f"no route {request.method.decode()} {request.path.decode()}"
-        ).body(api)
+    def api_of(self, request: Request) -> Api:
+        return api_for_path(request.path)
+
+    def _serve(
+        self, request: Request, host: str | None, origin: str | None, key: str | None
+    ) -> Any:
+        api = self.api_of(request)
+        method = request.method.decode("ascii", "replace")
+        path = request.path.decode("utf-8", "replace")
+        body = ApiError(404, f"no route {method} {path}").body(api)
         if api == "openai":
             body["error"]["code"] = None  # a URL, not a model, was not found
         respond_json(request, 404, body)
@@ -394,18 +558,50 @@ def _transport(protocol: Any) -> Any:
     return getattr(_channel(protocol), "transport", None)
 
 
+def _gateway_channel(factory: Any) -> _GenericHTTPChannelProtocol:
+    # Site.protocol: Twisted's own builds a plain HTTPChannel.
+    return _GenericHTTPChannelProtocol(GatewayChannel())
+
+
 class GatewaySite(Site):
     """
     A C{Site} that knows its open connections, so that a stopping service
-    can flush and close them rather than cut them off.
+    can flush and close them rather than cut them off, and so that it can
+    cap them.
+
+    @ivar upgraded: Counts the connections handed over to another protocol
+        (WebSockets) and still open: they count towards the cap too.
     """
 
-    def __init__(self, resource: Resource) -> None:
+    # Not "log": Site.log is the access log, which make_site turns off.
+    _logger = Logger()
+    protocol = _gateway_channel
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        reactor: Any = None,
+        header_timeout: float | None = None,
+        max_connections: int = 0,
+    ) -> None:
+        """
+        @param reactor: Times the connections; the global reactor if
+            L{None}.
+        @param header_timeout: Seconds a client has to send its request line
+            and headers (see L{GatewayChannel}); L{None} for no limit.
+        @param max_connections: Connections open at once (0: no limit); past
+            it a new one gets a 503 and is closed.
+        """
         # No route takes HTML forms; parsing the content type for them costs
         # ~140 us a request (the email package).
-        super().__init__(resource, parsePOSTFormSubmission=False)
+        super().__init__(resource, parsePOSTFormSubmission=False, reactor=reactor)
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.upgraded: Callable[[], int] = lambda: 0
         self._connections: dict[int, Any] = {}
         self._closed: list[Deferred[None]] = []
+        self._full = False
 
     @property
     def connections(self) -> list[Any]:
@@ -415,10 +611,14 @@ class GatewaySite(Site):
         return list(self._connections.values())
 
     def buildProtocol(self, addr: Any) -> Any:
+        if self.max_connections and self._at_cap():
+            return Busy()
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
-        key = id(_channel(protocol))
+        channel = _channel(protocol)
+        channel.header_timeout = self.header_timeout
+        key = id(channel)
         self._connections[key] = protocol
         lost = protocol.connectionLost
 
@@ -430,6 +630,19 @@ class GatewaySite(Site):
 
         protocol.connectionLost = connection_lost
         return protocol
+
+    def _at_cap(self) -> bool:
+        full = len(self._connections) + self.upgraded() >= self.max_connections
+        if full and not self._full:
+            # Once per episode: a flood would otherwise log a line per
+            # connection.
+            self._logger.warn(
+                "{n} client connections are open (max_connections): new "
+                "ones get a 503 until some close",
+                n=self.max_connections,
+            )
+        self._full = full
+        return full
 
     def forget(self, channel: Any) -> None:
         """
@@ -501,11 +714,17 @@ def make_site(gateway: Gateway, websocket: IResource | None = None) -> GatewaySi
     """
     The C{Site} serving every route.
     """
-    site = GatewaySite(Root(gateway, websocket))
+    settings = gateway.config.server
+    site = GatewaySite(
+        Root(gateway, websocket),
+        reactor=gateway.clock,
+        header_timeout=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+    )
     site.requestFactory = type(  # type: ignore[assignment]
         "GatewayRequest",
         (GatewayRequest,),
-        {"max_body_bytes": gateway.config.server.max_body_bytes},
+        {"max_body_bytes": settings.max_body_bytes},
     )
     site.displayTracebacks = False
     # Exchange logs one structured line per completion; the access log

@@ -31,6 +31,7 @@ from pylon_ai._attempts import Attempts
 from pylon_ai._errors import ProviderError
 from pylon_ai._events import ModelEvent, TextDelta, Usage, merge_usage
 from pylon_ai._gateway import Gateway, UnknownModel, check_request
+from pylon_ai._intake import host_allowed
 from pylon_ai._json import dumps, loads
 from pylon_ai._server import key_ok, origin_allowed, presented_key
 from pylon_ai._translate import TranslationError
@@ -387,6 +388,11 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> None:
         settings = self._pylon_gateway.config.server
         headers: dict[str, str] = request.headers
+        if not settings.api_keys and not host_allowed(
+            headers.get("host"), settings.allowed_hosts
+        ):
+            # No-key mode: a DNS-rebinding page names its own host here.
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "host not allowed")
         if not origin_allowed(
             headers.get("origin"), headers.get("host"), settings.cors_origins
         ):

@@ -489,7 +489,8 @@ class ModelsHealthMetricsTests(_HTTPCase):
         self.assertEqual(json.loads(content), {"status": "ok"})
 
     async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, _, content = await self.request("GET", "/metrics", headers={})
+        # With api_keys, /metrics needs a key (metrics_public defaults off).
+        status, _, content = await self.request("GET", "/metrics", headers=AUTH)
         self.assertEqual(status, 200)
         samples = {}
         for family in text_string_to_metric_families(content.decode()):
@@ -501,8 +502,8 @@ class ModelsHealthMetricsTests(_HTTPCase):
 
     async def test_metrics(self) -> None:
         """
-        C{/metrics} needs no key; after requests, the counter has their
-        route, model and status.
+        After requests, the counter of C{/metrics} has their route, model
+        and status.
         """
         samples = await self.metrics()
         self.assertEqual(samples[("pylon_streams_in_flight", ())], 0.0)

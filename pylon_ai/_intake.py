@@ -1,0 +1,174 @@
+"""
+What a client must get right before a route sees its request: the C{Host}
+and content-type rules of no-key mode, the deadline for the request line and
+headers, and the answer past the cap on open connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+#: The C{Host} names of loopback, served in no-key mode with any port.
+LOOPBACK_HOSTS = frozenset(("localhost", "127.0.0.1", "[::1]"))
+
+
+def _split_host(host: str) -> tuple[str, str | None]:
+    """
+    C{host} as its name and port (L{None} when it has none); a malformed
+    value gives a name that matches nothing.
+    """
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return "", None
+        rest = host[end + 1 :]
+        if not rest:
+            return host, None
+        if rest.startswith(":"):
+            return host[: end + 1], rest[1:]
+        return "", None
+    name, sep, port = host.rpartition(":")
+    return (name, port) if sep else (host, None)
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...] = ()) -> bool:
+    """
+    Whether C{host} (a C{Host} header) may be served in no-key mode.
+
+    A page on any web site can point its own host name at 127.0.0.1 (DNS
+    rebinding) and then talk to a loopback service as its own origin; the
+    browser still sends the page's host name, so serving only loopback
+    names (and the operator's C{allowed_hosts}) keeps such pages out.
+
+    @param host: The C{Host} header, if any.
+    @param allowed: The configured C{allowed_hosts}: a name matches with
+        any port, a C{name:port} with that port only.
+    @return: C{True} for C{localhost}, C{127.0.0.1}, C{[::1]} and the
+        allowed names, with or without a port, in any case.
+    """
+    if not host:
+        return False
+    host = host.lower()
+    name, port = _split_host(host)
+    if port is not None and not port.isdigit():
+        return False
+    if name in LOOPBACK_HOSTS:
+        return True
+    for entry in allowed:
+        entry = entry.lower()
+        if entry == name or entry == host:
+            return True
+    return False
+
+
+def is_json_type(content_type: bytes | None) -> bool:
+    """
+    Whether a C{Content-Type} value is C{application/json}, with or without
+    parameters such as C{charset=utf-8}.
+    """
+    if content_type is None:
+        return False
+    return content_type.partition(b";")[0].strip().lower() == b"application/json"
+
+
+def _plain_response(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"content-type: application/json\r\n"
+        b"connection: close\r\n" + extra + b"content-length: %d\r\n\r\n" % len(body)
+    ) + body
+
+
+#: The answer to a client that sent part of a request but not its headers in
+#: time (OpenAI's error shape: the path may not be known yet).
+REQUEST_TIMEOUT = _plain_response(
+    b"408 Request Timeout",
+    b'{"error":{"message":"the request headers did not arrive in time",'
+    b'"type":"invalid_request_error","code":"request_timeout"}}',
+)
+#: The answer to a connection past C{max_connections}.
+TOO_MANY_CONNECTIONS = _plain_response(
+    b"503 Service Unavailable",
+    b'{"error":{"message":"too many open connections to the gateway; retry",'
+    b'"type":"overloaded_error","code":"overloaded"}}',
+    b"retry-after: 1\r\n",
+)
+
+
+class GatewayChannel(HTTPChannel):
+    """
+    An C{HTTPChannel} that gives a client C{header_timeout} seconds to send
+    the request line and headers: from the connection's start, then from
+    the end of each request on a kept-alive connection.
+
+    Twisted's idle timeout restarts on every byte, so a client sending one
+    byte a second holds a connection for ever; this deadline does not move.
+    Once the headers are in there is no deadline: a long stream is fine.
+
+    @ivar header_timeout: Seconds, or L{None} for no deadline.
+    """
+
+    header_timeout: float | None = None
+    _header_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._await_headers()
+
+    def allHeadersReceived(self) -> None:
+        self._stop_waiting()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        # Before Twisted goes on: it parses a pipelined request at once.
+        if self.persistent:
+            self._await_headers()
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_waiting()
+        super().connectionLost(reason)
+
+    def _await_headers(self) -> None:
+        self._stop_waiting()
+        if self.header_timeout:
+            self._header_call = self.callLater(self.header_timeout, self._too_late)
+
+    def _stop_waiting(self) -> None:
+        call, self._header_call = self._header_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _too_late(self) -> None:
+        self._header_call = None
+        transport = self.transport
+        if transport is None:
+            return
+        # A kept-alive connection that was merely idle is closed without an
+        # answer (a client may be sending its next request right now and
+        # would read a 408 as the answer to it); a started request gets one.
+        if self.requests or getattr(self, "_buffer", None):
+            transport.write(REQUEST_TIMEOUT)
+        self.loseConnection()
+        if self.abortTimeout is not None:
+            # As Twisted's own timeout does: a client that does not read
+            # must not keep the connection either.
+            self._abortingCall = self.callLater(
+                self.abortTimeout, self.forceAbortClient
+            )
+
+
+class Busy(Protocol):
+    """
+    The protocol of a connection past the cap: a 503, then the close.
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(TOO_MANY_CONNECTIONS)
+        self.transport.loseConnection()
