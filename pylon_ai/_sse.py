@@ -7,6 +7,10 @@ colon, one space after the colon stripped, C{data} lines joined with C{\\n},
 C{id} containing NUL ignored, C{retry} only when all ASCII digits, the last
 event id kept across events, and an unterminated last event dropped.
 
+Two bounds keep a misbehaving stream from filling memory: one line
+(C{max_line_length}, 1 MiB by default) and one event, all its C{data} lines
+together (C{max_event_length}, 16 MiB by default).
+
 Lines are split as bytes and decoded one by one: CR and LF never occur inside
 a multi-byte UTF-8 sequence, so a character split across reads is whole again
 by the time its line is decoded.
@@ -27,8 +31,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
 __all__ = [
+    "DEFAULT_MAX_EVENT_LENGTH",
     "DEFAULT_MAX_LINE_LENGTH",
     "Event",
+    "EventTooLong",
     "LineTooLong",
     "SSEFactory",
     "SSEProtocol",
@@ -36,6 +42,8 @@ __all__ = [
 
 #: The default bound on one line, in bytes (tool-call arguments can be long).
 DEFAULT_MAX_LINE_LENGTH = 1 << 20
+#: The default bound on one event, all its C{data} lines together, in bytes.
+DEFAULT_MAX_EVENT_LENGTH = 16 << 20
 
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(b"\r\n|\r|\n")
@@ -65,6 +73,13 @@ class LineTooLong(Exception):
     """
 
 
+class EventTooLong(Exception):
+    """
+    One event of the stream (its C{data} lines together) was larger than the
+    parser's bound.
+    """
+
+
 class SSEProtocol(LineReceiver):
     """
     Turns the bytes of an event stream into L{Event}s as they arrive.
@@ -72,10 +87,18 @@ class SSEProtocol(LineReceiver):
     Hand it to C{IResponse.deliverBody}, or feed it with L{dataReceived}
     directly.  L{done} fires with L{None} when the stream ends cleanly, or
     fails with the reason it ended otherwise, with L{LineTooLong} when a line
-    exceeds the bound, or with the exception C{on_event} raised (after which
-    the transport is told to stop producing and no more events come).
+    exceeds the line bound, with L{EventTooLong} when the C{data} lines of one
+    event exceed the event bound, or with the exception C{on_event} raised
+    (after which the transport is told to stop producing and no more events
+    come).
+
+    An event's size is counted as its lines arrive: the bytes of each
+    C{data} line, field name included, plus one per line end.  So neither
+    many short lines without the blank line that ends an event, nor one
+    long line, make the parser hold more than about the sum of both bounds.
 
     @ivar done: A L{Deferred} that fires once, when the stream is over.
+    @ivar max_event_length: The bound on one event, in bytes.
     @ivar lastEventId: The last event id seen so far.
     @ivar retry: The last valid reconnection time seen so far, or L{None}.
     """
@@ -86,13 +109,20 @@ class SSEProtocol(LineReceiver):
         self,
         on_event: Callable[[Event], object],
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_event_length: int = DEFAULT_MAX_EVENT_LENGTH,
     ) -> None:
         """
         @param on_event: Called with each dispatched L{Event}, in order.
         @param max_line_length: The longest line accepted, in bytes.
+        @param max_event_length: The largest event accepted: the bytes of
+            its C{data} lines and their line ends.
         """
         self._on_event = on_event
         self.MAX_LENGTH = max_line_length
+        self.max_event_length = max_event_length
+        # The size of the event being collected, kept as a running count so
+        # that the check costs one addition per line.
+        self._event_size = 0
         self.done: Deferred[None] = Deferred()
         self.lastEventId = ""
         self.retry: int | None = None
@@ -132,6 +162,8 @@ class SSEProtocol(LineReceiver):
         rest = lines.pop()
         self._buffer = b""
         max_length = self.MAX_LENGTH
+        max_event = self.max_event_length
+        size = self._event_size
         pending = self._data
         # Complete lines first: the events they finish are owed to the
         # caller whatever the split, even if the tail is over the bound.
@@ -144,15 +176,26 @@ class SSEProtocol(LineReceiver):
                     if self._failed is not None:
                         return
                     pending = self._data
+                    size = 0
                 else:
                     self._event_type = ""
             elif len(line) > max_length:
                 self.lineLengthExceeded(line)
                 return
             elif line[:5] == b"data:":
+                size += len(line) + 1
+                if size > max_event:
+                    self.eventLengthExceeded()
+                    return
                 pending.append(line[6:] if line[5:6] == b" " else line[5:])
             else:
+                self._event_size = size
                 self.lineReceived(line)
+                if self._failed is not None:
+                    return
+                pending = self._data
+                size = self._event_size
+        self._event_size = size
         if len(rest) > self.MAX_LENGTH:
             self.lineLengthExceeded(rest)
             return
@@ -171,6 +214,10 @@ class SSEProtocol(LineReceiver):
         if colon and raw[:1] == b" ":
             raw = raw[1:]
         if name == b"data":
+            self._event_size += len(line) + 1
+            if self._event_size > self.max_event_length:
+                self.eventLengthExceeded()
+                return
             self._data.append(raw)
         elif name == b"event":
             self._event_type = raw.decode("utf-8", "replace")
@@ -190,6 +237,7 @@ class SSEProtocol(LineReceiver):
             self._event_type = ""
             return
         data = self._data
+        self._event_size = 0
         event = Event(
             self._event_type or "message",
             (data[0] if len(data) == 1 else b"\n".join(data)).decode(
@@ -212,6 +260,17 @@ class SSEProtocol(LineReceiver):
         self._fail(
             LineTooLong(
                 f"event stream line longer than {self.MAX_LENGTH} bytes; stream aborted"
+            )
+        )
+
+    def eventLengthExceeded(self) -> None:
+        """
+        An event went past the bound: stop the stream and fail L{done}.
+        """
+        self._fail(
+            EventTooLong(
+                f"event stream event larger than {self.max_event_length} bytes; "
+                "stream aborted"
             )
         )
 
@@ -258,11 +317,13 @@ class SSEFactory(Factory):
         self,
         on_event: Callable[[Event], object],
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_event_length: int = DEFAULT_MAX_EVENT_LENGTH,
     ) -> None:
         self.on_event = on_event
         self.max_line_length = max_line_length
+        self.max_event_length = max_event_length
 
     def buildProtocol(self, addr: object) -> SSEProtocol:
-        proto = SSEProtocol(self.on_event, self.max_line_length)
+        proto = SSEProtocol(self.on_event, self.max_line_length, self.max_event_length)
         proto.factory = self
         return proto
