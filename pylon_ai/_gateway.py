@@ -48,38 +48,95 @@ class UnknownModel(LookupError):
     """
 
 
+#: The highest C{temperature} each API takes.
+_MAX_TEMPERATURE = {"openai": 2, "anthropic": 1}
+
+
+def _invalid(param: str, text: str) -> TranslationError:
+    # "field: problem", as Anthropic words it: its error shape has no param.
+    return TranslationError(f"{param}: {text}", param)
+
+
+def _positive_int(body: dict[str, Any], key: str) -> None:
+    value = body.get(key)
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        raise _invalid(key, "must be a positive integer")
+
+
+def _number_in(body: dict[str, Any], key: str, high: float) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    # NaN fails the comparison, so "in range" also means finite.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= high
+    ):
+        raise _invalid(key, f"must be a number between 0 and {high}")
+
+
+def _strings(body: dict[str, Any], key: str, single: bool) -> None:
+    value = body.get(key)
+    if value is None or (single and isinstance(value, str)):
+        return
+    if not isinstance(value, list):
+        kind = "a string or an array of strings" if single else "an array of strings"
+        raise _invalid(key, f"must be {kind}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _invalid(f"{key}[{i}]", "must be a string")
+
+
 def check_request(api: Api, body: Any) -> None:
     """
-    The checks every completion request passes before it goes anywhere.
+    The checks every completion request passes before it goes anywhere, on
+    both HTTP routes and the WebSocket: the fields the gateway relies on and
+    those both formats share.  Everything else goes through unlooked-at (a
+    same-format upstream judges it; a translation refuses what it cannot
+    carry).
 
-    @raise TranslationError: Naming the first bad field.
+    @param api: The API the body is written in.
+    @param body: The decoded request body; it is not changed.
+    @raise TranslationError: Naming the first bad field, as C{param} and at
+        the start of the message.
     """
     if not isinstance(body, dict):
         raise TranslationError("the request body must be a JSON object")
     model = body.get("model")
+    if model is None:
+        raise _invalid("model", "Field required")
     if not isinstance(model, str) or not model:
-        raise TranslationError("model is required and must be a string", "model")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise TranslationError("stream must be a boolean", "stream")
+        raise _invalid("model", "must be a non-empty string")
     messages = body.get("messages")
-    if not isinstance(messages, list) or (api == "anthropic" and not messages):
-        raise TranslationError("messages must be a non-empty list", "messages")
+    if messages is None:
+        raise _invalid("messages", "Field required")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", "must be a non-empty array")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise TranslationError(
-                f"messages[{i}] must be an object with a string role",
-                f"messages[{i}]",
-            )
-    if api == "openai" and body.get("stream_options") is not None:
-        if not isinstance(body["stream_options"], dict):
-            raise TranslationError("stream_options must be an object", "stream_options")
-    if api == "anthropic" and "max_tokens" in body:
-        value = body["max_tokens"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise TranslationError(
-                "max_tokens must be a positive integer", "max_tokens"
-            )
+        if not isinstance(message, dict):
+            raise _invalid(f"messages[{i}]", "must be an object")
+        if not isinstance(message.get("role"), str):
+            raise _invalid(f"messages[{i}].role", "must be a string")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid("stream", "must be a boolean")
+    if api == "anthropic" and body.get("max_tokens") is None:
+        raise _invalid("max_tokens", "Field required")
+    _positive_int(body, "max_tokens")
+    _number_in(body, "temperature", _MAX_TEMPERATURE[api])
+    _number_in(body, "top_p", 1)
+    if api == "openai":
+        _positive_int(body, "max_completion_tokens")
+        _positive_int(body, "n")
+        _strings(body, "stop", single=True)
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise _invalid("stream_options", "must be an object")
+    else:
+        _strings(body, "stop_sequences", single=False)
 
 
 class Gateway:

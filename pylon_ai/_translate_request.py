@@ -10,6 +10,7 @@ field (a 400 for the caller), never a C{KeyError} or C{TypeError}.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 JSON = dict[str, Any]
@@ -133,6 +134,9 @@ def _model(body: JSON, upstream_model: str | None) -> str:
 
 def _number(body: JSON, key: str) -> float | int | None:
     value: float | int | None = _field(body, key, (int, float), key)
+    if value is not None and not math.isfinite(value):
+        # NaN and infinities are not JSON: an upstream would get invalid JSON.
+        raise TranslationError(f"{key!r} must be a finite number.", key)
     return value
 
 

@@ -456,22 +456,14 @@ def _request_body(message: dict[str, Any]) -> dict[str, Any]:
         "messages": message.get("messages"),
         "stream": True,
     }
-    if "max_tokens" in message:
-        value = message["max_tokens"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _RequestError("max_tokens must be a positive integer")
-        body["max_tokens"] = value
-    if "temperature" in message:
-        value = message["temperature"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise _RequestError("temperature must be a non-negative number")
-        body["temperature"] = value
+    for key in ("max_tokens", "temperature"):
+        if message.get(key) is not None:
+            body[key] = message[key]
+    # The HTTP routes' checks, in one place.
     try:
         check_request("openai", body)
     except TranslationError as e:
         raise _RequestError(e.message) from None
-    if not body["messages"]:
-        raise _RequestError("messages must be a non-empty list")
     return body
 
 

@@ -498,6 +498,19 @@ class OpenAIRequestFieldTests(SynchronousTestCase):
         )
         self.assertEqual(e.param, "temperature")
 
+    def test_not_finite(self) -> None:
+        """
+        NaN and infinities are not JSON numbers: refused in either direction
+        rather than written upstream as such.
+        """
+        for translate in (to_anthropic, to_openai):
+            for key in ("temperature", "top_p"):
+                for value in (float("nan"), float("inf"), -float("inf")):
+                    e = self.assertRaises(
+                        TranslationError, translate, {"messages": [USER], key: value}
+                    )
+                    self.assertEqual(e.param, key)
+
     def test_tools(self) -> None:
         """
         Function tools become Anthropic tools; missing parameters are an empty
