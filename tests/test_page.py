@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -33,6 +33,8 @@ SCREENSHOT = "/tmp/pylon_page.png"
 #: The W3C key for an element reference.
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 ENTER = "\ue007"
+#: The client key of the keyed service.
+KEY = "sk-page-key"
 #: Seconds to wait for a process to be ready or for the page to get somewhere.
 DEADLINE = 30.0
 
@@ -47,6 +49,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--window-size=1000,720",
+    # Start on a blank page, not the packaged home page (no network here).
+    "about:blank",
 ]
 
 #: Records every state and text the last assistant reply goes through.
@@ -61,6 +65,21 @@ new MutationObserver(() => {
 }).observe(document.getElementById('messages'), {
   subtree: true, childList: true, characterData: true, attributes: true,
 });
+"""
+
+#: Records every C{fetch()} the page makes: its URL, its C{Authorization}
+#: header, and the type of the DOM event being dispatched when it was called.
+RECORD_FETCHES = """
+window.__fetches = [];
+const original = window.fetch;
+window.fetch = function (url, options) {
+  const headers = new Headers((options && options.headers) || {});
+  window.__fetches.push({
+    url: String(url), authorization: headers.get('authorization'),
+    during: window.event ? window.event.type : null,
+  });
+  return original.apply(this, arguments);
+};
 """
 
 #: Calls back once the expression (the first argument) is truthy.
@@ -144,6 +163,9 @@ class WebDriver:
                     "alwaysMatch": {
                         "browserName": "chrome",
                         "goog:chromeOptions": options,
+                        # The DevTools network events: what Chromium puts on
+                        # the wire, whatever the page's script does.
+                        "goog:loggingPrefs": {"performance": "ALL"},
                     }
                 }
             },
@@ -190,6 +212,15 @@ class WebDriver:
             "POST", "/execute/async", {"script": WAIT_FOR, "args": [expression]}
         )
 
+    def network_events(self) -> list[dict[str, Any]]:
+        """
+        The DevTools C{Network.*} events since the last call, in order, each
+        C{{"method": ..., "params": ...}}.
+        """
+        entries = self._call("POST", "/se/log", {"type": "performance"})
+        events = [json.loads(entry["message"])["message"] for entry in entries]
+        return [e for e in events if e["method"].startswith("Network.")]
+
     def screenshot(self, path: str) -> None:
         Path(path).write_bytes(base64.b64decode(self._call("GET", "/screenshot")))
 
@@ -204,28 +235,38 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _chromedriver() -> str | None:
+    chromedriver = CHROMEDRIVER if os.access(CHROMEDRIVER, os.X_OK) else None
+    chromedriver = chromedriver or shutil.which("chromedriver")
+    return chromedriver if os.access(CHROMIUM, os.X_OK) else None
+
+
 class _PageTestsMixin:
     """
-    Starts the service, chromedriver and a browser on the page.
+    Starts the service, chromedriver and a browser once per class (starting
+    Chromium is most of the cost), and gives each test a fresh load of the
+    page with empty storage.
 
     @ivar config: The service's TOML configuration, if any.
     """
 
     config: str | None = None
-    addCleanup: Callable[..., None]
+    addClassCleanup: ClassVar[Callable[..., None]]
+    port: ClassVar[int]
+    shared_browser: ClassVar[WebDriver | None] = None
+    browser: WebDriver
+    server_log: ClassVar[Path]
 
-    def setUp(self) -> None:
-        chromedriver = CHROMEDRIVER if os.access(CHROMEDRIVER, os.X_OK) else None
-        chromedriver = chromedriver or shutil.which("chromedriver")
-        if not os.access(CHROMIUM, os.X_OK) or chromedriver is None:
-            raise SkipTest(
-                f"needs Chromium at {CHROMIUM} and chromedriver "
-                "(apt-get install chromium chromium-driver)"
-            )
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.shared_browser = None
+        chromedriver = _chromedriver()
+        if chromedriver is None:
+            return
         work = tempfile.mkdtemp(prefix="pylon-page-")
-        self.addCleanup(shutil.rmtree, work, True)
+        cls.addClassCleanup(shutil.rmtree, work, True)
 
-        self.port = _free_port()
+        cls.port = _free_port()
         package_parent = str(Path(pylon_ai.__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -239,14 +280,14 @@ class _PageTestsMixin:
             "text",
             "pylon-ai",
             "--port",
-            f"tcp:{self.port}:interface=127.0.0.1",
+            f"tcp:{cls.port}:interface=127.0.0.1",
         ]
-        if self.config is not None:
+        if cls.config is not None:
             config = Path(work) / "pylon.toml"
-            config.write_text(self.config)
+            config.write_text(cls.config)
             command += ["--config", str(config)]
-        self.server_log = Path(work) / "server.log"
-        with open(self.server_log, "wb") as log:
+        cls.server_log = Path(work) / "server.log"
+        with open(cls.server_log, "wb") as log:
             server = subprocess.Popen(
                 command,
                 cwd=work,
@@ -254,12 +295,11 @@ class _PageTestsMixin:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.server = server
-        self.addCleanup(_stop, server)
+        cls.addClassCleanup(_stop, server)
         _until(
-            _answers(self.port, "/healthz"),
+            _answers(cls.port, "/healthz"),
             "the service",
-            lambda: None if server.poll() is None else self._server_output(),
+            lambda: None if server.poll() is None else cls._server_output(),
         )
 
         driver_port = _free_port()
@@ -270,20 +310,36 @@ class _PageTestsMixin:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.addCleanup(_stop, driver)
+        cls.addClassCleanup(_stop, driver)
         _until(
             _answers(driver_port, "/status"),
             "chromedriver",
             lambda: None if driver.poll() is None else "exited",
         )
-        self.browser = WebDriver(driver_port, str(Path(work) / "profile"))
-        self.addCleanup(self.browser.close)
-        self.browser.get(f"http://127.0.0.1:{self.port}/")
+        browser = WebDriver(driver_port, str(Path(work) / "profile"))
+        cls.addClassCleanup(browser.close)
+        cls.shared_browser = browser
+
+    def setUp(self) -> None:
+        if self.shared_browser is None:
+            raise SkipTest(
+                f"needs Chromium at {CHROMIUM} and chromedriver "
+                "(apt-get install chromium chromium-driver)"
+            )
+        self.browser = self.shared_browser
+        # Empty the origin's storage from a page without the chat's script,
+        # then load the chat afresh.
+        origin = f"http://127.0.0.1:{self.port}"
+        self.browser.get(f"{origin}/healthz")
+        self.browser.run("localStorage.clear(); sessionStorage.clear();")
+        self.browser.get(f"{origin}/")
         self.browser.wait("document.readyState === 'complete'")
+        self.browser.network_events()
         self.browser.run(RECORD_REPLIES)
 
-    def _server_output(self) -> str:
-        return "exited: " + self.server_log.read_text(errors="replace")[-2000:]
+    @classmethod
+    def _server_output(cls) -> str:
+        return "exited: " + cls.server_log.read_text(errors="replace")[-2000:]
 
 
 class ChatPageTests(_PageTestsMixin, SynchronousTestCase):
@@ -306,6 +362,28 @@ class ChatPageTests(_PageTestsMixin, SynchronousTestCase):
         self.assertTrue(
             self.browser.run("return document.getElementById('error').hidden")
         )
+
+    def test_key_optional(self) -> None:
+        """
+        With no client keys configured the key field stays optional, with no
+        hint, and a reply streams over a socket that sends no C{auth}.
+        """
+        field = self.browser.run(
+            "const k = document.getElementById('api-key');"
+            "return [k.placeholder, k.required, k.getAttribute('aria-invalid'),"
+            " document.getElementById('key-hint').hidden]"
+        )
+        self.assertEqual(["optional", False, "false", True], field)
+        self.browser.type("#prompt", "no key" + ENTER)
+        self.browser.wait(
+            "document.querySelector('#messages .assistant')?.dataset.state === 'done'"
+        )
+        sent = [
+            json.loads(e["params"]["response"]["payloadData"])["type"]
+            for e in self.browser.network_events()
+            if e["method"] == "Network.webSocketFrameSent"
+        ]
+        self.assertEqual(["completion"], sent)
 
     def test_streams_reply(self) -> None:
         """
@@ -389,53 +467,241 @@ class ChatPageTests(_PageTestsMixin, SynchronousTestCase):
 
 class KeyedChatPageTests(_PageTestsMixin, SynchronousTestCase):
     """
-    With client keys configured, the page asks for one and uses it.
+    With client keys configured, the page says a key is required, reloads the
+    models as one is typed, keeps the real auth error, and sends the key in
+    the socket's C{auth} message, never in its URL.
     """
 
-    config = '[server]\napi_keys = ["sk-page-key"]\n'
+    config = f'[server]\napi_keys = ["{KEY}"]\n'
 
-    def test_key(self) -> None:
-        """
-        Without a key the model list fails visibly; once a key is entered the
-        models load and a reply streams over a socket opened with the key.
-        """
+    def setUp(self) -> None:
+        super().setUp()
+        # The first model list, asked for without a key, answered 401.
         self.browser.wait("!document.getElementById('error').hidden")
-        self.assertIn(
-            "API key",
-            self.browser.run("return document.getElementById('error').textContent"),
+        self.browser.run(RECORD_FETCHES)
+
+    def _error(self) -> str | None:
+        """
+        The banner's text, or C{None} while it is hidden.
+        """
+        result: str | None = self.browser.run(
+            "const e = document.getElementById('error');"
+            "return e.hidden ? null : e.textContent"
         )
-        self.browser.type("#api-key", "sk-page-key")
-        self.browser.click("#prompt")  # leaving the field commits the key
+        return result
+
+    def _key_field(self) -> dict[str, Any]:
+        field: dict[str, Any] = self.browser.run(
+            "const k = document.getElementById('api-key');"
+            "const h = document.getElementById('key-hint');"
+            "return {placeholder: k.placeholder, required: k.required,"
+            " invalid: k.getAttribute('aria-invalid'),"
+            " hint: h.hidden ? null : h.textContent,"
+            " described: k.getAttribute('aria-describedby')}"
+        )
+        return field
+
+    def _models(self) -> list[str]:
+        models: list[str] = self.browser.run(
+            "return [...document.querySelectorAll('#model option')].map(o => o.value)"
+        )
+        return models
+
+    def _fetches(self) -> list[dict[str, Any]]:
+        fetches: list[dict[str, Any]] = self.browser.run("return window.__fetches")
+        return fetches
+
+    def _sockets(self) -> tuple[list[str], list[dict[str, str]], list[Any]]:
+        """
+        What Chromium put on the wire for WebSockets: the URLs opened, the
+        handshake requests' headers, and the frames in order as
+        C{(direction, message)}.
+        """
+        urls: list[str] = []
+        handshakes: list[dict[str, str]] = []
+        frames: list[Any] = []
+        for event in self.browser.network_events():
+            method, params = event["method"], event["params"]
+            if method == "Network.webSocketCreated":
+                urls.append(params["url"])
+            elif method == "Network.webSocketWillSendHandshakeRequest":
+                handshakes.append(params["request"]["headers"])
+            elif method in (
+                "Network.webSocketFrameSent",
+                "Network.webSocketFrameReceived",
+            ):
+                direction = "sent" if method.endswith("Sent") else "received"
+                payload = json.loads(params["response"]["payloadData"])
+                frames.append((direction, payload))
+        return urls, handshakes, frames
+
+    def test_key_required_after_401(self) -> None:
+        """
+        Once C{GET /v1/models} answers 401 the key field says the key is
+        required, with a hint it is described by, and the banner says so.
+        """
+        field = self._key_field()
+        self.assertEqual("required", field["placeholder"])
+        self.assertTrue(field["required"])
+        self.assertEqual("true", field["invalid"])
+        self.assertEqual("key-hint", field["described"])
+        self.assertIn("key", field["hint"] or "")
+        self.assertIn("API key", self._error() or "")
+        self.assertEqual(
+            "required", self.browser.run("return document.body.dataset.key")
+        )
+        self.assertEqual([], self._models())
+        self.assertEqual(
+            "api-key", self.browser.run("return document.activeElement.id")
+        )
+
+    def test_typing_key_reloads_models(self) -> None:
+        """
+        Typing the key reloads the models once the typing pauses, with the
+        key in the C{Authorization} header, without leaving the field; the
+        field still says the key is required, and the banner goes.
+        """
+        self.browser.type("#api-key", KEY)
         self.browser.wait("document.querySelectorAll('#model option').length > 0")
-        self.assertTrue(
-            self.browser.run("return document.getElementById('error').hidden")
+        self.assertEqual(["mock"], self._models())
+        self.assertEqual(
+            "api-key", self.browser.run("return document.activeElement.id")
+        )
+        self.assertIsNone(self._error())
+        field = self._key_field()
+        self.assertEqual("required", field["placeholder"])
+        self.assertEqual("false", field["invalid"])
+        self.assertIsNone(field["hint"])
+        fetches = self._fetches()
+        self.assertEqual({"/v1/models"}, {f["url"] for f in fetches})
+        self.assertEqual(f"Bearer {KEY}", fetches[-1]["authorization"])
+        # Debounced: not one request per character typed.
+        self.assertLess(len(fetches), len(KEY), fetches)
+
+    def test_enter_reloads_models_at_once(self) -> None:
+        """
+        Enter in the key field reloads the models at once, within its
+        keydown, not after the typing pause.
+        """
+        self.browser.type("#api-key", KEY + ENTER)
+        self.browser.wait("document.querySelectorAll('#model option').length > 0")
+        on_enter = [f for f in self._fetches() if f["during"] == "keydown"]
+        self.assertEqual(
+            [{"url": "/v1/models", "authorization": f"Bearer {KEY}"}],
+            [{"url": f["url"], "authorization": f["authorization"]} for f in on_enter],
+        )
+
+    def test_wrong_key_send_keeps_auth_error(self) -> None:
+        """
+        With a wrong key the list stays empty and the banner says the key
+        was not accepted; Send keeps that error rather than saying there is
+        no model.
+        """
+        self.browser.type("#api-key", "sk-wrong" + ENTER)
+        self.browser.wait(
+            "document.getElementById('error').textContent.includes('not accepted')"
+        )
+        before = self._error()
+        self.assertIn("API key", before or "")
+        self.assertEqual("true", self._key_field()["invalid"])
+        self.assertIn("not accepted", (self._key_field()["hint"] or "").lower())
+        self.assertEqual([], self._models())
+        self.browser.type("#prompt", "hello" + ENTER)
+        self.browser.wait("document.activeElement.id === 'prompt'")
+        self.assertEqual(before, self._error())
+        self.assertIsNone(
+            self.browser.run("return document.querySelector('#messages .assistant')")
         )
         self.assertEqual(
-            "sk-page-key",
-            self.browser.run("return sessionStorage.getItem('pylon_ai.api_key')"),
+            "hello", self.browser.run("return document.getElementById('prompt').value")
         )
-        self.browser.type("#prompt", "with a key" + ENTER)
-        self.browser.wait(
-            "document.querySelector('#messages .assistant')?.dataset.state === 'done'"
-        )
-        _, text = self.browser.run("return window.__replies")[-1]
-        self.assertIn("You said: with a key", text)
 
-    def test_wrong_key(self) -> None:
+    def test_wrong_key_refused_on_socket(self) -> None:
         """
-        A wrong key shows an error when the socket is refused.
+        A wrong key sent in the socket's C{auth} message gets the socket
+        closed with 1008: the reply fails with the auth error, and no
+        completion was sent before C{auth_ok}.
         """
-        self.browser.run(
-            "const select = document.getElementById('model');"
-            "select.append(new Option('mock', 'mock'));"
+        self.browser.type("#api-key", "sk-wrong" + ENTER)
+        self.browser.wait(
+            "document.getElementById('error').textContent.includes('not accepted')"
         )
-        self.browser.type("#api-key", "sk-wrong")
-        self.browser.click("#prompt")
+        self.browser.run(
+            "document.getElementById('model').append(new Option('mock', 'mock'));"
+        )
         self.browser.type("#prompt", "hello" + ENTER)
         self.browser.wait(
             "document.querySelector('#messages .assistant')?.dataset.state === 'error'"
         )
-        self.assertIn(
-            "WebSocket",
-            self.browser.run("return document.getElementById('error').textContent"),
+        error = self._error() or ""
+        self.assertIn("not accepted", error)
+        self.assertIn("invalid API key", error)
+        self.assertEqual("true", self._key_field()["invalid"])
+        urls, _, frames = self._sockets()
+        self.assertEqual([f"ws://127.0.0.1:{self.port}/v1/ws"], urls)
+        self.assertEqual(
+            [("sent", {"type": "auth", "api_key": "sk-wrong"})],
+            [f for f in frames if f[0] == "sent"],
         )
+
+    def test_streams_with_key(self) -> None:
+        """
+        With the right key a reply streams; the socket's URL and handshake
+        carry no key, the first frame is C{auth} with it, and the completion
+        goes only after C{auth_ok}.
+        """
+        self.browser.type("#api-key", KEY + ENTER)
+        self.browser.wait("document.querySelectorAll('#model option').length > 0")
+        self.browser.type("#prompt", "with a key" + ENTER)
+        self.browser.wait(
+            "document.querySelector('#messages .assistant')?.dataset.state === 'done'"
+        )
+        replies = self.browser.run("return window.__replies")
+        self.assertIn("You said: with a key", replies[-1][1])
+        self.assertGreater(
+            len({text for state, text in replies if state == "streaming" and text}),
+            1,
+            replies,
+        )
+        urls, handshakes, frames = self._sockets()
+        self.assertEqual([f"ws://127.0.0.1:{self.port}/v1/ws"], urls)
+        self.assertEqual(1, len(handshakes))
+        for name, value in handshakes[0].items():
+            self.assertNotIn(KEY, value, name)
+        kinds = [(direction, message["type"]) for direction, message in frames]
+        self.assertEqual(
+            [("sent", "auth"), ("received", "auth_ok"), ("sent", "completion")],
+            kinds[:3],
+        )
+        self.assertEqual({"type": "auth", "api_key": KEY}, frames[0][1])
+        self.assertEqual(("received", "done"), kinds[-1])
+
+    def test_key_storage(self) -> None:
+        """
+        The key is kept in C{sessionStorage}; only with Remember ticked is
+        it in C{localStorage}, and unticking removes it.  A remembered key
+        comes back in a new session and lists the models.
+        """
+        stored = (
+            "return [sessionStorage.getItem('pylon_ai.api_key'),"
+            " localStorage.getItem('pylon_ai.api_key')]"
+        )
+        self.browser.type("#api-key", KEY)
+        self.assertEqual([KEY, None], self.browser.run(stored))
+        self.browser.click("#remember-key")
+        self.assertEqual([KEY, KEY], self.browser.run(stored))
+        self.browser.click("#remember-key")
+        self.assertEqual([KEY, None], self.browser.run(stored))
+        self.browser.click("#remember-key")
+        self.browser.run("sessionStorage.clear()")
+        self.browser.get(f"http://127.0.0.1:{self.port}/")
+        self.browser.wait("document.querySelectorAll('#model option').length > 0")
+        self.assertEqual(
+            [KEY, True],
+            self.browser.run(
+                "return [document.getElementById('api-key').value,"
+                " document.getElementById('remember-key').checked]"
+            ),
+        )
+        self.browser.click("#remember-key")
+        self.assertEqual([KEY, None], self.browser.run(stored))
