@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from pylon_ai._events import stop_from_openai, stop_to_openai
 from pylon_ai._translate_request import TranslationError
@@ -797,8 +797,6 @@ def encode_response(
         body["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
     if usage.reasoning_tokens is not None:
         body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
-    finish: Literal["stop", "length", "tool_calls", "content_filter"] | str
-    finish = stop_to_openai(reply.stop)
     return {
         "id": reply.id or f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -809,7 +807,7 @@ def encode_response(
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": finish,
+                "finish_reason": stop_to_openai(reply.stop),
             }
         ],
         "usage": body,
