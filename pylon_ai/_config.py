@@ -271,11 +271,13 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         where = f"models[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(f"{where} must be a table")
+        if isinstance(raw.get("name"), str) and raw["name"]:
+            # The operator knows the model by its name, not its position.
+            where = f"models[{i}] ({raw['name']})"
         _check_types(raw, _MODEL_KEYS, where)
         for key in ("name", "provider"):
             if not raw.get(key):
                 raise ConfigError(f"{where}.{key} is required")
-        where = f"models[{i}] ({raw['name']})"
         provider = raw["provider"]
         if provider not in PROVIDERS:
             raise ConfigError(

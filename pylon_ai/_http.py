@@ -14,7 +14,13 @@ from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
 from twisted.web.iweb import IAgentEndpointFactory
 
 #: Idle pooled connections are closed after this many seconds: below the idle
@@ -35,15 +41,24 @@ def _closing(transport: Any) -> bool:
     return False
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # Twisted builds one factory per new connection, and a noisy factory
+    # logs "Starting factory" and "Stopping factory" for each.
+    noisy = False
+
+
 class SafePool(HTTPConnectionPool):
     """
-    A pool that never keeps a connection that is already closing.
+    A pool that never keeps a connection that is already closing, and does
+    not log a line per new connection.
 
     When a stream is abandoned (an error event, a callback that raised), the
     client asks for the connection to close; if the rest of the response was
     already in the same read, Twisted still finishes it and would offer the
     dying connection to the next request.
     """
+
+    _factory = _QuietClientFactory
 
     def _putConnection(self, key: Any, connection: Any) -> None:
         if _closing(connection.transport):

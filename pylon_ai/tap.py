@@ -6,6 +6,7 @@ The C{twistd pylon-ai} plugin's options and service.
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 from typing import Any
 
@@ -22,6 +23,68 @@ from pylon_ai._gateway import Gateway
 from pylon_ai._server import make_site
 from pylon_ai._websocket import GatewayWebSocketFactory
 
+#: Where the configuration keys are described.
+CONFIG_REFERENCE = 'README.rst, section "The gateway service"'
+
+#: Where an endpoint type takes its interface as a positional argument
+#: (Twisted's parsers: tcp:PORT:INTERFACE, tcp6:PORT:BACKLOG:INTERFACE,
+#: ssl:PORT:KEY:CERT:METHOD:INTERFACE).
+_INTERFACE_AT = {"tcp": 2, "tcp6": 3, "ssl": 5}
+
+log = Logger()
+
+
+def _endpoint_arguments(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    The positional and keyword arguments of an endpoint string, split as
+    Twisted splits them: C{:} between arguments, the first C{=} of one
+    makes it a keyword, a backslash escapes the next character.
+    """
+    parts: list[list[str]] = [[""]]
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            parts[-1][-1] += next(chars, "")
+        elif char == ":":
+            parts.append([""])
+        elif char == "=" and len(parts[-1]) == 1:
+            parts[-1].append("")
+        else:
+            parts[-1][-1] += char
+    args = [part[0] for part in parts if len(part) == 1]
+    kwargs = {part[0]: part[1] for part in parts if len(part) == 2}
+    return args, kwargs
+
+
+def _is_loopback(interface: str) -> bool:
+    if interface.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_is_local(description: str) -> bool:
+    """
+    Whether a server endpoint string listens only where other machines
+    cannot connect: a loopback interface, or a UNIX socket.
+
+    @param description: A Twisted server endpoint string.
+    @return: C{False} for no interface (all of them), a non-loopback one,
+        or an endpoint type whose interface cannot be told (e.g.
+        C{systemd:}).
+    """
+    args, kwargs = _endpoint_arguments(description)
+    kind = args[0] if args else ""
+    if kind == "unix":
+        return True
+    at = _INTERFACE_AT.get(kind)
+    if at is None:
+        return False
+    interface = kwargs.get("interface", args[at] if len(args) > at else "")
+    return _is_loopback(interface)
+
 
 class Options(usage.Options):
     """
@@ -32,40 +95,58 @@ class Options(usage.Options):
     longdesc = (
         "An LLM gateway: OpenAI and Anthropic compatible APIs in front of "
         "Anthropic, OpenAI and OpenAI-compatible servers.  With no --config it "
-        "serves the built-in mock model."
+        "serves the built-in mock model.  Without [server] api_keys it listens "
+        "on loopback only and serves only loopback Host names.  The "
+        f"configuration file's keys are described in {CONFIG_REFERENCE}."
     )
+    # One line each in --help: the details are in the README.
     optParameters = [
-        [
-            "port",
-            "p",
-            "8080",
-            "A port number or a Twisted endpoint string, e.g. "
-            "tcp:8080:interface=0.0.0.0 or "
-            "ssl:8443:privateKey=key.pem:certKey=cert.pem",
-        ],
-        ["config", "c", None, "A TOML configuration file."],
+        ["port", "p", "8080", "Port number or Twisted endpoint string"],
+        ["config", "c", None, "TOML configuration file (see the README)"],
     ]
 
     def postOptions(self) -> None:
         """
         Load the configuration and work out the listening endpoint.
+
+        @raise SystemExit: With a one-line message, for a bad configuration
+            or for serving without client keys beyond loopback (a usage
+            error would print the whole usage text before it).
         """
         try:
             self.config: Config = (
                 load_config(self["config"]) if self["config"] else default_config()
             )
         except ConfigError as e:
-            raise usage.UsageError(f"bad configuration: {e}") from None
+            raise SystemExit(
+                "pylon-ai: bad configuration: " + " ".join(str(e).split())
+            ) from None
+        server = self.config.server
         port = self["port"].strip()
         if port.isdigit():
             # No client keys: listen on loopback only, unless the operator
             # names an interface in an endpoint string.
             # Twisted's default listen queue (50) drops connection attempts
             # when many clients arrive at once; each costs a 1 s resend.
-            if self.config.server.api_keys:
+            if server.api_keys:
                 port = f"tcp:{port}:backlog=1024"
             else:
                 port = f"tcp:{port}:interface=127.0.0.1:backlog=1024"
+        if not server.api_keys and not endpoint_is_local(port):
+            if not server.allow_unauthenticated:
+                raise SystemExit(
+                    f"pylon-ai: refusing to serve without api_keys on {port}, "
+                    "which other machines can reach: set [server] api_keys, "
+                    "listen on loopback (tcp:PORT:interface=127.0.0.1), or set "
+                    "[server] allow_unauthenticated = true"
+                )
+            log.warn(
+                "Serving WITHOUT client keys on {endpoint} "
+                "(allow_unauthenticated = true): whoever reaches it uses the "
+                "configured models.  Only requests whose Host is localhost, "
+                "127.0.0.1, [::1] or one of [server] allowed_hosts are served.",
+                endpoint=port,
+            )
         self["endpoint"] = port
 
 
@@ -84,6 +165,8 @@ class GatewayService(MultiService):
         self.gateway = gateway
         self.websockets = GatewayWebSocketFactory(gateway)
         site = make_site(gateway, WebSocketResource(self.websockets))
+        # Open WebSockets left the site's books but hold connections too.
+        site.upgraded = lambda: len(self.websockets.open_sockets)
         self.site = site
         StreamServerEndpointService(endpoint, site).setServiceParent(self)
 

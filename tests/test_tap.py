@@ -1,0 +1,264 @@
+"""
+C{twistd pylon-ai}: its options, the refusal to serve without keys on a
+public interface, the help text, configuration errors, and a log without
+a line per connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import _HTTP11ClientFactory
+
+import pylon_ai
+from pylon_ai._config import ConfigError, parse_config
+from pylon_ai._http import make_pool
+from pylon_ai.tap import Options, endpoint_is_local
+
+try:
+    from tests._service import raw_connect, start_service
+except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
+    from _service import raw_connect, start_service  # type: ignore[no-redef]
+
+
+def _events(case: SynchronousTestCase) -> list[LogEvent]:
+    events: list[LogEvent] = []
+    observer: ILogObserver = events.append  # type: ignore[assignment]
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
+
+
+class _ConfigFiles(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        fd, path = tempfile.mkstemp(suffix=".toml")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.addCleanup(os.unlink, path)
+        return path
+
+    def options(self, *args: str, config: str | None = None) -> Options:
+        argv = list(args)
+        if config is not None:
+            argv += ["--config", self.write(config)]
+        options = Options()
+        options.parseOptions(argv)
+        return options
+
+
+class EndpointTests(SynchronousTestCase):
+    """
+    L{endpoint_is_local} reads an endpoint string as Twisted does.
+    """
+
+    def test_local(self) -> None:
+        for description in (
+            "tcp:8080:interface=127.0.0.1",
+            "tcp:8080:interface=127.0.0.2:backlog=1024",
+            "tcp:8080:127.0.0.1",
+            "tcp:interface=localhost:port=8080",
+            "tcp6:8080:interface=\\:\\:1",
+            "tcp6:port=8080:backlog=5:interface=\\:\\:1",
+            "ssl:8443:privateKey=k.pem:certKey=c.pem:interface=127.0.0.1",
+            "unix:/run/pylon.sock",
+            "unix:address=/run/pylon.sock:mode=600",
+        ):
+            self.assertTrue(endpoint_is_local(description), description)
+
+    def test_not_local(self) -> None:
+        for description in (
+            "tcp:8080",
+            "tcp:8080:backlog=1024",
+            "tcp:8080:interface=0.0.0.0",
+            "tcp:8080:interface=",
+            "tcp:8080:interface=192.168.1.5",
+            "tcp6:8080",
+            "tcp6:8080:interface=\\:\\:",
+            "ssl:8443:privateKey=k.pem",
+            "ssl:8443:k.pem:c.pem",
+            "systemd:domain=INET:index=0",
+            "tcp:8080:interface=127.0.0.1.nip.io",
+        ):
+            self.assertFalse(endpoint_is_local(description), description)
+
+
+class UnauthenticatedTests(_ConfigFiles):
+    """
+    Without client keys the service refuses to listen beyond loopback,
+    unless C{allow_unauthenticated} says so (then it warns).
+    """
+
+    def test_refused(self) -> None:
+        for port in (
+            "tcp:18403",
+            "tcp:18403:interface=0.0.0.0",
+            "tcp6:18403",
+            "ssl:8443:privateKey=k.pem",
+        ):
+            e = self.assertRaises(SystemExit, self.options, "--port", port)
+            message = str(e.code)
+            self.assertIn("allow_unauthenticated", message)
+            self.assertIn("api_keys", message)
+            self.assertNotIn("\n", message)
+
+    def test_loopback_accepted(self) -> None:
+        for port in ("18403", "tcp:18403:interface=127.0.0.1", "unix:/tmp/p.sock"):
+            self.options("--port", port)
+
+    def test_keys_accepted(self) -> None:
+        options = self.options(
+            "--port", "tcp:18403", config='[server]\napi_keys = ["k"]\n'
+        )
+        self.assertEqual(options["endpoint"], "tcp:18403")
+
+    def test_allowed_with_warning(self) -> None:
+        events = _events(self)
+        options = self.options(
+            "--port", "tcp:18403", config="[server]\nallow_unauthenticated = true\n"
+        )
+        self.assertEqual(options["endpoint"], "tcp:18403")
+        warnings = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("allowed_hosts", warnings[0]["log_format"])
+
+    def test_no_warning_on_loopback(self) -> None:
+        events = _events(self)
+        self.options(
+            "--port", "18403", config="[server]\nallow_unauthenticated = true\n"
+        )
+        self.assertEqual([e for e in events if e["log_level"].name == "warn"], [])
+
+
+class HelpTests(SynchronousTestCase):
+    """
+    C{--help} lists every option on one line and says where the
+    configuration is described.
+    """
+
+    def test_one_line_per_option(self) -> None:
+        usage = str(Options())
+        block = usage.split("Options:\n", 1)[1].split("\n\n", 1)[0]
+        lines = block.splitlines()
+        self.assertEqual(len(lines), len(Options.optParameters) + 2, usage)
+        for line in lines:
+            self.assertTrue(line.lstrip().startswith("-"), line)
+            self.assertLessEqual(len(line), 79, line)
+
+    def test_points_to_reference(self) -> None:
+        usage = " ".join(str(Options()).split())
+        self.assertIn("README.rst", usage)
+        self.assertIn('"The gateway service"', usage)
+        readme = Path(pylon_ai.__file__).resolve().parent.parent / "README.rst"
+        if readme.exists():  # beside the source tree, not an installed copy
+            self.assertIn("\nThe gateway service\n---", readme.read_text())
+
+
+class ConfigErrorTests(_ConfigFiles):
+    """
+    A bad configuration stops the start with the error alone: one line, no
+    usage text, exit status 1.
+    """
+
+    def test_one_line(self) -> None:
+        e = self.assertRaises(
+            SystemExit,
+            self.options,
+            config="[server]\nmax_body_bytes = -1\n",
+        )
+        message = str(e.code)
+        self.assertIn("server.max_body_bytes", message)
+        self.assertNotIn("\n", message)
+        self.assertNotIn("Usage", message)
+
+    def test_model_named(self) -> None:
+        e = self.assertRaises(
+            SystemExit,
+            self.options,
+            config='[[models]]\nname = "claude"\nprovider = "mock"\nmodle = "x"\n',
+        )
+        self.assertIn("models[0] (claude).modle", str(e.code))
+
+    def test_model_named_in_type_errors(self) -> None:
+        e = self.assertRaises(
+            ConfigError,
+            parse_config,
+            {"models": [{"name": "claude", "provider": "mock", "retries": "2"}]},
+            {},
+        )
+        self.assertIn("models[0] (claude).retries", str(e))
+        e = self.assertRaises(
+            ConfigError,
+            parse_config,
+            {"models": [{"name": 7, "provider": "mock"}]},
+            {},
+        )
+        self.assertIn("models[0].name", str(e))
+
+    def test_twistd(self) -> None:
+        """
+        Through C{twistd} itself: the message on stderr, nothing else.
+        """
+        work = tempfile.mkdtemp(prefix="pylon-tap-")
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", work], check=False))
+        config = Path(work) / "bad.toml"
+        config.write_text("[server]\nmax_body_bytes = -1\n")
+        env = dict(os.environ)
+        package_parent = str(Path(pylon_ai.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_parent, env.get("PYTHONPATH")) if p
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "twisted", "pylon-ai", "--config", str(config)],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 1, done)
+        self.assertEqual(done.stdout, "")
+        lines = done.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, done.stderr)
+        self.assertIn("server.max_body_bytes", lines[0])
+
+
+class QuietConnectionsTests(TestCase):
+    """
+    A new upstream connection does not log "Starting factory" and
+    "Stopping factory".
+    """
+
+    timeout = 20
+
+    def test_pool_factory(self) -> None:
+        pool = make_pool(reactor)
+        factory = pool._factory(lambda *a: None, "meta")
+        self.assertFalse(factory.noisy)
+
+    async def test_service_logs(self) -> None:
+        events = _events(self)
+        service = await start_service(self)
+        body = json.dumps(
+            {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        client = await raw_connect(self, service.port_number)
+        client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer sk-local\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await client.closed.addTimeout(5, reactor)
+        self.assertIn(b" 200 ", client.data.split(b"\r\n", 1)[0])
+        await service.gateway.close()
+        noisy = [
+            e for e in events if isinstance(e.get("factory"), _HTTP11ClientFactory)
+        ]
+        self.assertEqual(noisy, [])
