@@ -68,6 +68,25 @@ class Metrics:
             "Streaming responses open now.",
             registry=self.registry,
         )
+        self.ws_bad_messages = Counter(
+            "pylon_ws_bad_messages",
+            "WebSocket messages refused as malformed, by reason "
+            "(json, shape, utf8, too_large).",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.ws_upstream_pauses = Counter(
+            "pylon_ws_upstream_pauses",
+            "Times a WebSocket client fell ws_pause_bytes behind and the "
+            "upstreams of its socket were paused.",
+            registry=self.registry,
+        )
+        self.ws_overflow_closes = Counter(
+            "pylon_ws_overflow_closes",
+            "WebSocket sockets closed because more than ws_max_queued_bytes "
+            "waited for their client.",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """

@@ -7,6 +7,13 @@ C{done}, C{error} and C{cancelled}, each reply carrying the C{id} of the
 completion it belongs to.  The protocol is described in DESIGN.md; this
 module is the only one that knows about autobahn, so the WebSocket
 implementation can change without touching the rest.
+
+Limits: before the socket authenticated only frames up to
+L{PRE_AUTH_MAX_BYTES} are read; after, up to C{max_body_bytes}.  What the
+service sends is never held to those (a reply may be longer than any
+request).  A client that does not read pauses the upstreams of its socket
+once C{ws_pause_bytes} wait for it, and the socket is closed once more than
+C{ws_max_queued_bytes} do.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from zope.interface import implementer
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -33,12 +41,15 @@ from pylon_ai._events import ModelEvent, TextDelta, Usage, merge_usage
 from pylon_ai._gateway import Gateway, UnknownModel, check_request
 from pylon_ai._intake import host_allowed
 from pylon_ai._json import dumps, loads
+from pylon_ai._metrics import Metrics
 from pylon_ai._server import key_ok, origin_allowed, presented_key
 from pylon_ai._translate import TranslationError
 
 ROUTE = "/v1/ws"
 #: Close code for a missing or wrong key sent in a message (policy violation).
 CLOSE_POLICY = 1008
+#: Close code when the service cannot go on with a socket (internal error).
+CLOSE_INTERNAL = 1011
 #: Seconds a socket may stay open without authenticating when keys are set.
 AUTH_TIMEOUT = 30.0
 #: Completions one socket may have in flight at once.
@@ -48,6 +59,13 @@ MAX_ID_LENGTH = 256
 #: Seconds between WebSocket pings, and to wait for the pong.
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
+#: The largest frame or message accepted before the socket authenticated.
+PRE_AUTH_MAX_BYTES = 8192
+#: C{done} carries the whole text only when it is shorter than this (in
+#: UTF-8 bytes); the chunks carried it anyway.
+MAX_DONE_TEXT = 1 << 20
+#: What a frame header adds to a message, at most (RFC 6455 5.2).
+_FRAME_HEADER = 10
 
 _COMPLETION_FIELDS = frozenset(
     ("type", "id", "model", "messages", "max_tokens", "temperature")
@@ -70,6 +88,10 @@ class _Headers:
 class _Completion:
     """
     One completion in flight on a socket.
+
+    @ivar text: The text so far, while it is shorter than L{MAX_DONE_TEXT};
+        then L{None} (C{done} will not carry it).
+    @ivar paused: The upstream producer this socket paused, if any.
     """
 
     id: str
@@ -77,10 +99,12 @@ class _Completion:
     received: float
     call: Attempts | None = None
     ttft: float | None = None
-    text: list[str] = field(factory=list)
+    text: list[str] | None = field(factory=list)
+    text_bytes: int = 0
     usage: Usage | None = None
     on_shutdown: Callable[[], object] | None = None
     release: Callable[[], None] | None = None
+    paused: Any = None
 
     def shutdown(self) -> None:
         """
@@ -88,6 +112,18 @@ class _Completion:
         """
         if self.on_shutdown is not None:
             self.on_shutdown()
+
+    def add_text(self, text: str) -> None:
+        """
+        Keep C{text} for C{done}, unless the whole is too long to repeat.
+        """
+        if self.text is None:
+            return
+        self.text_bytes += len(text) if text.isascii() else len(text.encode())
+        if self.text_bytes < MAX_DONE_TEXT:
+            self.text.append(text)
+        else:
+            self.text = None
 
 
 class _RequestError(Exception):
@@ -101,12 +137,63 @@ class _RequestError(Exception):
         self.error_type = error_type
 
 
+class _Unsent(Exception):
+    """
+    A chunk could not be sent to the client; raised to the upstream, which
+    then stops.
+    """
+
+
+class _BadMessage(_RequestError):
+    """
+    A message that is not a JSON object with a known C{type}; counted in
+    the metrics by C{reason}.
+    """
+
+    def __init__(
+        self, message: str, reason: str, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.request_id = request_id
+
+
+def _parse(payload: bytes) -> dict[str, Any]:
+    """
+    A client message as a dict with a string C{type}.
+
+    @raise _BadMessage: If it is not one.
+    """
+    try:
+        message = loads(payload)
+    except ValueError:
+        # Also what is not UTF-8 (a binary frame), nests too deeply, or
+        # holds NaN.
+        raise _BadMessage("the message is not valid JSON", "json") from None
+    if not isinstance(message, dict):
+        raise _BadMessage("a message must be a JSON object", "shape")
+    raw_id = message.get("id")
+    request_id = raw_id if isinstance(raw_id, str) else None
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise _BadMessage("a message needs a string type", "shape", request_id)
+    if kind not in ("auth", "completion", "cancel"):
+        raise _BadMessage(
+            f"unknown message type {kind!r} (known: auth, completion, cancel)",
+            "shape",
+            request_id,
+        )
+    return message
+
+
 class _Session:
     """
     The completions of one socket, and its authentication.
 
     It knows nothing of autobahn: it gets the client's messages and answers
-    through C{send} and C{close}.
+    through C{send} and C{close}.  C{send} may raise (a message the socket
+    refuses): the request it belonged to then ends with an C{error}, and if
+    even that cannot be sent the socket is closed.
     """
 
     log = Logger()
@@ -117,31 +204,80 @@ class _Session:
         send: Callable[[bytes], object],
         close: Callable[[int, str], object],
         authenticated: bool,
+        on_authenticated: Callable[[], object] | None = None,
     ) -> None:
+        """
+        @param on_authenticated: Called when an C{auth} message succeeded.
+        """
         self._gateway = gateway
         self._send_bytes = send
         self._close_socket = close
         self._authenticated = authenticated
+        self._on_authenticated = on_authenticated
         #: The client key the socket authenticated with (C{""} if none).
         self.key = ""
         self._in_flight: dict[str, _Completion] = {}
         self._auth_timer: IDelayedCall | None = None
         self._gone = False
+        self._paused = False
         if not authenticated:
             self._auth_timer = gateway.clock.callLater(
                 AUTH_TIMEOUT, self._auth_timed_out
             )
 
-    def closed(self) -> None:
+    def closed(self, cancel_later: bool = False) -> None:
         """
         The socket closed: cancel everything in flight on it.
+
+        @param cancel_later: Cancel the upstream calls in the next reactor
+            turn rather than now (from inside one of their deliveries); the
+            requests end now all the same.
         """
+        if self._gone:
+            return
         self._gone = True
         self._stop_auth_timer()
         in_flight, self._in_flight = self._in_flight, {}
         for completion in in_flight.values():
-            self._abort(completion)
+            if cancel_later:
+                self._gateway.clock.callLater(0, self._abort, completion)
+            else:
+                self._abort(completion)
             self._record(completion, 499)
+
+    # -- flow control -------------------------------------------------------
+
+    def pause_upstreams(self) -> None:
+        """
+        The client is not reading: pause the upstream of every request on
+        the socket (and of those that start streaming while paused).
+        """
+        self._paused = True
+        for completion in self._in_flight.values():
+            self._pause(completion)
+
+    def resume_upstreams(self) -> None:
+        """
+        The client caught up: let the upstreams flow again.
+        """
+        self._paused = False
+        for completion in self._in_flight.values():
+            producer, completion.paused = completion.paused, None
+            if producer is not None:
+                producer.resumeProducing()
+
+    def _pause(self, completion: _Completion) -> None:
+        # The producer changes when the stream starts flowing or another
+        # attempt takes over; a finished attempt's is left alone.
+        call = completion.call
+        producer = call.producer if call is not None else None
+        if producer is not None and producer is not completion.paused:
+            producer.pauseProducing()
+            completion.paused = producer
+
+    def _flushed(self, completion: _Completion) -> None:
+        if self._paused and self._current(completion):
+            self._pause(completion)
 
     # -- client messages ----------------------------------------------------
 
@@ -150,18 +286,17 @@ class _Session:
         Serve one client message.
         """
         try:
-            message = loads(payload)
-        except ValueError:
-            self._error(None, "invalid_request_error", "the message is not valid JSON")
-            return
-        if not isinstance(message, dict):
-            self._error(
-                None, "invalid_request_error", "a message must be a JSON object"
-            )
+            message = _parse(payload)
+        except _BadMessage as e:
+            self._gateway.metrics.ws_bad_messages.labels(e.reason).inc()
+            if self._authenticated:
+                self._error(e.request_id, e.error_type, e.message)
+            else:
+                self._close(CLOSE_POLICY, "authenticate first: send an auth message")
             return
         raw_id = message.get("id")
         request_id = raw_id if isinstance(raw_id, str) else None
-        kind = message.get("type")
+        kind = message["type"]
         if not self._authenticated:
             if kind == "auth":
                 self._auth(message)
@@ -173,14 +308,8 @@ class _Session:
                 self._start(message)
             elif kind == "cancel":
                 self._cancel(message)
-            elif kind == "auth":
-                self._auth(message)
-            elif not isinstance(kind, str):
-                raise _RequestError("a message needs a string type")
             else:
-                raise _RequestError(
-                    f"unknown message type {kind!r} (known: auth, completion, cancel)"
-                )
+                self._auth(message)
         except _RequestError as e:
             self._error(request_id, e.error_type, e.message)
 
@@ -191,9 +320,11 @@ class _Session:
         ):
             self._close(CLOSE_POLICY, "invalid API key")
             return
-        self._authenticated = True
+        was_authenticated, self._authenticated = self._authenticated, True
         self.key = key
         self._stop_auth_timer()
+        if not was_authenticated and self._on_authenticated is not None:
+            self._on_authenticated()
         self._send({"type": "auth_ok"})
 
     def _start(self, message: dict[str, Any]) -> None:
@@ -232,13 +363,20 @@ class _Session:
         self._in_flight[request_id] = completion
         try:
             call = self._gateway.open(
-                "openai", body, lambda event: self._event(completion, event)
+                "openai",
+                body,
+                lambda event: self._event(completion, event),
+                on_flush=lambda: self._flushed(completion),
             )
         except UnknownModel:
             self._fail(completion, ApiError(404, f"model {model!r} is not configured"))
             return
         except TranslationError as e:
             self._fail(completion, ApiError(400, e.message, e.param))
+            return
+        except Exception:
+            self.log.failure("Could not start a request on {route}", route=ROUTE)
+            self._fail(completion, ApiError(500, "the request could not be started"))
             return
         completion.call = call
         completion.on_shutdown = lambda: self._shutdown(completion)
@@ -273,8 +411,11 @@ class _Session:
             text = event.text  # type: ignore[union-attr]
             if completion.ttft is None:
                 completion.ttft = time.perf_counter() - completion.received
-            completion.text.append(text)
-            self._send({"type": "chunk", "id": completion.id, "text": text})
+            completion.add_text(text)
+            if not self._send({"type": "chunk", "id": completion.id, "text": text}):
+                # The client would miss a piece: the rest is worthless.
+                self._fail(completion, ApiError(500, "a reply chunk could not be sent"))
+                raise _Unsent("a reply chunk could not be sent")  # aborts upstream
         elif kind is Usage:
             completion.usage = merge_usage(completion.usage, event)  # type: ignore[arg-type]
 
@@ -283,18 +424,18 @@ class _Session:
             return
         del self._in_flight[completion.id]
         usage = completion.usage or Usage()
-        self._send(
-            {
-                "type": "done",
-                "id": completion.id,
-                "text": "".join(completion.text),
-                "usage": {
-                    "input_tokens": usage.input_tokens or 0,
-                    "output_tokens": usage.output_tokens or 0,
-                },
-            }
-        )
-        self._record(completion, 200)
+        reply: dict[str, Any] = {"type": "done", "id": completion.id}
+        if completion.text is not None:
+            reply["text"] = "".join(completion.text)
+        reply["usage"] = {
+            "input_tokens": usage.input_tokens or 0,
+            "output_tokens": usage.output_tokens or 0,
+        }
+        status = 200
+        if not self._send(reply):
+            status = 500
+            self._error(completion.id, "api_error", "the reply could not be sent")
+        self._record(completion, status)
 
     def _failed(self, completion: _Completion, failure: Failure) -> None:
         if not self._current(completion):
@@ -310,8 +451,10 @@ class _Session:
 
     def _fail(self, completion: _Completion, error: ApiError) -> None:
         self._in_flight.pop(completion.id, None)
-        self._error(completion.id, error.anthropic_type, error.message)
-        self._record(completion, error.status)
+        try:
+            self._error(completion.id, error.anthropic_type, error.message)
+        finally:
+            self._record(completion, error.status)
 
     # -- helpers ------------------------------------------------------------
 
@@ -320,16 +463,32 @@ class _Session:
         if call is not None and not call.deferred.called:
             call.deferred.cancel()
 
-    def _send(self, message: dict[str, Any]) -> None:
-        if not self._gone:
+    def _send(self, message: dict[str, Any]) -> bool:
+        """
+        Send C{message}; C{False} if the socket refused it.
+        """
+        if self._gone:
+            return True  # nobody to tell; closed() ended everything
+        try:
             self._send_bytes(dumps(message))
+        except Exception:
+            self.log.failure(
+                "Could not send a {kind} message on {route}",
+                kind=message.get("type"),
+                route=ROUTE,
+            )
+            return False
+        return True
 
     def _error(self, request_id: str | None, error_type: str, message: str) -> None:
         reply: dict[str, Any] = {"type": "error"}
         if request_id is not None:
             reply["id"] = request_id
         reply["error"] = {"type": error_type, "message": message}
-        self._send(reply)
+        if not self._send(reply):
+            # Not even an error gets through: the client must learn by the
+            # close that its requests are over.
+            self._close(CLOSE_INTERNAL, "internal error")
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
@@ -346,9 +505,11 @@ class _Session:
             timer.cancel()
 
     def _record(self, completion: _Completion, status: int) -> None:
+        completion.paused = None
         self._gateway.untrack(completion)
         if completion.release is not None:
-            completion.release()
+            release, completion.release = completion.release, None
+            release()
         if completion.call is not None:
             self._gateway.metrics.streams_in_flight.dec()
         backend = completion.call.backend if completion.call is not None else None
@@ -369,13 +530,89 @@ class _Session:
         self._abort(completion)
 
 
+@implementer(IPushProducer)
+class _SendFlow:
+    """
+    How much of a socket's output waits for its client, told by the
+    transport: registered as the transport's producer, it hears when the
+    transport's buffer is full (C{pauseProducing}) and when it emptied
+    again (C{resumeProducing}).
+
+    While the transport is full, everything sent counts as waiting; past
+    C{pause_bytes} the socket's upstreams are paused until the transport
+    empties, and past C{max_bytes} the socket is given up.
+    """
+
+    def __init__(
+        self,
+        pause_bytes: int,
+        max_bytes: int,
+        pause: Callable[[], object],
+        resume: Callable[[], object],
+        overflow: Callable[[], object],
+        metrics: Metrics,
+    ) -> None:
+        self._pause_bytes = pause_bytes
+        self._max_bytes = max_bytes
+        self._pause = pause
+        self._resume = resume
+        self._overflow = overflow
+        self._metrics = metrics
+        self._full = False
+        #: Bytes sent since the transport was last known not to be full.
+        self.waiting = 0
+        self.paused = False
+        self.over = False
+
+    def sending(self, size: int) -> None:
+        """
+        C{size} bytes are about to be written.
+        """
+        if not self._full:
+            # The transport holds less than its own buffer size: little
+            # enough to count as nothing.
+            self.waiting = 0
+        self.waiting += size
+
+    def sent(self) -> None:
+        """
+        The bytes announced by L{sending} were written (and may have filled
+        the transport).
+        """
+        if not self._full or self.over:
+            return
+        if self.waiting > self._max_bytes:
+            self.over = True
+            self._overflow()
+        elif self.waiting >= self._pause_bytes and not self.paused:
+            self.paused = True
+            self._metrics.ws_upstream_pauses.inc()
+            self._pause()
+
+    def pauseProducing(self) -> None:
+        self._full = True
+
+    def resumeProducing(self) -> None:
+        self._full = False
+        self.waiting = 0
+        if self.paused:
+            self.paused = False
+            self._resume()
+
+    def stopProducing(self) -> None:
+        self._full = False
+
+
 class GatewayWebSocketProtocol(WebSocketServerProtocol):
     """
     One client socket: checks the handshake, then hands messages to a
     L{_Session}.
     """
 
+    log = Logger()
+
     _pylon_session: _Session | None = None
+    _pylon_flow: _SendFlow | None = None
     _pylon_authenticated = False
     _pylon_key = ""
 
@@ -408,41 +645,118 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self._pylon_key = key
         elif not settings.api_keys:
             self._pylon_authenticated = True
+        if self._pylon_authenticated:
+            self._pylon_full_limits()
         return None
+
+    def _pylon_full_limits(self) -> None:
+        # The factory's limits are the small ones of a socket that has not
+        # authenticated yet; autobahn checks them per protocol.
+        limit = self._pylon_gateway.config.server.max_body_bytes
+        self.maxMessagePayloadSize = limit
+        self.maxFramePayloadSize = limit
 
     def onOpen(self) -> None:
         factory = self.factory
         assert isinstance(factory, GatewayWebSocketFactory)
         factory.open_sockets.add(self)
-        self._pylon_session = _Session(
-            self._pylon_gateway,
+        gateway = self._pylon_gateway
+        session = self._pylon_session = _Session(
+            gateway,
             self._pylon_send,
             self._pylon_close,
             self._pylon_authenticated,
+            self._pylon_full_limits,
         )
-        self._pylon_session.key = self._pylon_key
+        session.key = self._pylon_key
+        settings = gateway.config.server
+        flow = _SendFlow(
+            settings.ws_pause_bytes,
+            settings.ws_max_queued_bytes,
+            session.pause_upstreams,
+            session.resume_upstreams,
+            self._pylon_overflow,
+            gateway.metrics,
+        )
+        # The HTTP channel that served the handshake is still the
+        # transport's producer; the socket's output is ours now.
+        transport: Any = self.transport
+        try:
+            transport.unregisterProducer()
+            transport.registerProducer(flow, True)
+        except Exception:
+            self.log.failure("No flow control for a WebSocket client")
+            return
+        self._pylon_flow = flow
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self._pylon_session is not None:
-            self._pylon_session.message_received(payload)
+        session = self._pylon_session
+        if session is None:
+            return
+        try:
+            session.message_received(payload)
+        except Exception:
+            self.log.failure(
+                "Unexpected failure serving a message on {route}", route=ROUTE
+            )
+            self._pylon_close(CLOSE_INTERNAL, "internal error")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # autobahn leaves this timer running when the connection is lost
+        # before the client answered our close (say, in the middle of the
+        # frame that was refused).
+        timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if timer is not None:
+            timer.cancel()
         factory = self.factory
         if isinstance(factory, GatewayWebSocketFactory):
             factory.open_sockets.discard(self)
+            # autobahn refused a frame itself: counted with the bad messages.
+            refused = {1007: "utf8", 1009: "too_large"}.get(self.localCloseCode or 0)
+            if refused is not None and self.closedByMe:
+                factory.gateway.metrics.ws_bad_messages.labels(refused).inc()
         session, self._pylon_session = self._pylon_session, None
         if session is not None:
             session.closed()
 
     def _pylon_send(self, data: bytes) -> None:
-        if self.state == WebSocketServerProtocol.STATE_OPEN:
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        flow = self._pylon_flow
+        if flow is not None:
+            if flow.over:
+                return
+            flow.sending(len(data) + _FRAME_HEADER)
+        # autobahn holds outgoing messages to the incoming limit too; a
+        # reply may well be longer than any request.
+        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        try:
             self.sendMessage(data, isBinary=False)
+        finally:
+            self.maxMessagePayloadSize = limit
+        if flow is not None:
+            flow.sent()
 
     def _pylon_close(self, code: int, reason: str) -> None:
         if self.state == WebSocketServerProtocol.STATE_OPEN:
             # sendClose() only allows application codes (1000, 3000-4999);
             # a policy violation is 1008 (RFC 6455 7.4.1).
             self.sendCloseFrame(code, reason.encode("utf-8")[:123], isReply=False)
+
+    def _pylon_overflow(self) -> None:
+        self.log.warn(
+            "Closing a WebSocket client that does not read: more than "
+            "{limit} bytes wait for it",
+            limit=self._pylon_gateway.config.server.ws_max_queued_bytes,
+        )
+        self._pylon_gateway.metrics.ws_overflow_closes.inc()
+        session, self._pylon_session = self._pylon_session, None
+        if session is not None:
+            # We are inside an upstream's delivery of an event: its call is
+            # cancelled once that returned.
+            session.closed(cancel_later=True)
+        # A close frame would wait behind all the rest: cut the connection.
+        self.dropConnection(abort=True)
 
 
 def _request_body(message: dict[str, Any]) -> dict[str, Any]:
@@ -480,14 +794,15 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         super().__init__(reactor=gateway.clock)
         self.gateway = gateway
         self.open_sockets: set[GatewayWebSocketProtocol] = set()
-        limit = gateway.config.server.max_body_bytes
+        small = min(PRE_AUTH_MAX_BYTES, gateway.config.server.max_body_bytes)
         self.setProtocolOptions(
             webStatus=False,
             # Tell the client why (1009 message too big) rather than just
             # dropping the connection.
             failByDrop=False,
-            maxMessagePayloadSize=limit,
-            maxFramePayloadSize=limit,
+            # Until the socket authenticated: raised to max_body_bytes then.
+            maxMessagePayloadSize=small,
+            maxFramePayloadSize=small,
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
         )
