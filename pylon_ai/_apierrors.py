@@ -1,18 +1,30 @@
 """
 Errors as the gateway's clients see them: a status, and a body or stream
 event in the shape of the API that was called.
+
+What an upstream says reaches a client only through L{api_error}, after the
+gateway's L{Scrubber} (L{gateway_scrubber}) took every configured secret and
+every upstream address out of it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from attrs import frozen
 
 from twisted.internet.defer import CancelledError
 
+from pylon_ai._config import Config
 from pylon_ai._encode import anthropic_error_body, openai_error_body, sse_frame
-from pylon_ai._errors import ProviderConnectionError, ProviderError, ProviderTimeout
+from pylon_ai._errors import (
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeout,
+    Scrubber,
+)
 from pylon_ai._json import dumps, loads
 from pylon_ai._translate import TranslationError
 
@@ -46,6 +58,22 @@ _OPENAI_TYPE = {
 }
 #: Upstream statuses that are the client's own mistake: passed on as they are.
 _CLIENT_MISTAKES = frozenset((400, 404, 413, 422))
+#: The most of a non-JSON upstream error body shown to a client.
+_DETAIL_CHARS = 300
+_SPACE = re.compile(r"\s+")
+
+
+def gateway_scrubber(config: Config, upstream_urls: Iterable[str]) -> Scrubber:
+    """
+    The one L{Scrubber} of a gateway: every model's C{api_key} and every
+    client key of the configuration are secrets, and the upstreams' URLs are
+    addresses no client may see.
+
+    @param upstream_urls: The URLs the gateway's deployments send to.
+    """
+    secrets = [model.api_key for model in config.models]
+    secrets.extend(config.server.api_keys)
+    return Scrubber(secrets, [url for url in upstream_urls if url])
 
 
 @frozen
@@ -95,6 +123,9 @@ class ApiError(Exception):
 
 
 def _upstream_detail(error: ProviderError) -> str:
+    # The upstream's own words, from its body: never the error's message,
+    # which names the upstream (its address, for a custom endpoint).
+    status = error.status
     if error.body:
         try:
             obj = loads(error.body)
@@ -102,11 +133,17 @@ def _upstream_detail(error: ProviderError) -> str:
             obj = None
         if isinstance(obj, dict):
             err = obj.get("error", obj)
-            if isinstance(err, dict) and isinstance(err.get("message"), str):
-                return str(err["message"])
+            if isinstance(err, dict):
+                for key in ("message", "detail"):
+                    if isinstance(err.get(key), str):
+                        return str(err[key])
             if isinstance(err, str):
                 return err
-    return error.message
+        elif obj is None:
+            text = _SPACE.sub(" ", error.body[:_DETAIL_CHARS]).strip()
+            if text:
+                return f"the upstream provider rejected the request: {text}"
+    return f"the upstream provider rejected the request (HTTP {status})"
 
 
 def api_error(exc: BaseException) -> ApiError:
@@ -114,9 +151,10 @@ def api_error(exc: BaseException) -> ApiError:
     The client-facing error for what went wrong.
 
     Upstream 400/404/413/422 are the client's mistake and keep their status
-    and message; an upstream 401/403 is the gateway's own key, a 502; 429
-    stays 429; timeouts are 504; everything else is a 502 that does not show
-    upstream addresses.
+    and the upstream's message; an upstream 401/403 is the gateway's own
+    key, a 502; 429 stays 429; timeouts are 504; everything else is a 502
+    that does not show upstream addresses.  The upstream's message is taken
+    as it is: the gateway scrubs a L{ProviderError} before it gets here.
     """
     if isinstance(exc, ApiError):
         return exc

@@ -5,6 +5,10 @@ deployments of the same model, cooldowns, and fallbacks to other models.
 A request is retried only while nothing of it reached the client: once the
 first event of an attempt is delivered, its outcome is final, so a stream is
 never duplicated or spliced.
+
+Every upstream failure passes here first: this is where the gateway's
+scrubber takes keys and upstream addresses out of what the upstream said,
+before anything logs it or shows it to a client.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pylon_ai._errors import (
     ProviderTimeout,
     ProviderTLSError,
 )
+from pylon_ai._upstream import StreamCall
 
 if TYPE_CHECKING:
     from pylon_ai._gateway import Gateway
@@ -150,6 +155,9 @@ class Attempts:
         call = backend.open(
             body, self._on_event, passthrough, self._started, self._on_flush
         )
+        if isinstance(call, StreamCall):
+            # The response has not arrived yet: the bound applies to it.
+            call.max_event_length = self._gateway.config.server.max_event_bytes
         self._call = call
         call.deferred.addCallbacks(
             self._succeeded,
@@ -171,6 +179,8 @@ class Attempts:
         if self._over:
             return
         exc = failure.value
+        if isinstance(exc, ProviderError):
+            self._gateway.scrubber.error(exc)
         kind = "final" if exc is None or self._delivered else classify(exc)
         if kind != "final":
             backend.failed(self._clock.seconds())

@@ -1,8 +1,13 @@
 """
-The exceptions the library raises.
+The exceptions the library raises, and the scrubbing that keeps keys (and,
+for a gateway's clients, upstream addresses) out of them.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import quote, urlsplit
 
 #: The most of a response body kept on an error, in bytes.
 BODY_EXCERPT_BYTES = 4096
@@ -59,13 +64,20 @@ class ProviderError(Exception):
         )
 
     def __str__(self) -> str:
-        parts = [self.message]
+        """
+        C{"HTTP 429 rate_limit_error: <message>"}, C{"no response: <message>"}
+        for a provider that could not be reached, the parts that are known
+        otherwise.
+        """
         if self.status is not None:
-            parts.append(f"(status {self.status}")
-            parts[-1] += f", {self.error_type})" if self.error_type else ")"
-        elif self.error_type:
-            parts.append(f"({self.error_type})")
-        return " ".join(parts)
+            head = f"HTTP {self.status}"
+        elif isinstance(self, ProviderConnectionError):
+            head = "no response"
+        else:
+            head = ""
+        if self.error_type:
+            head = f"{head} {self.error_type}" if head else self.error_type
+        return f"{head}: {self.message}" if head else self.message
 
 
 class ProviderConnectionError(ProviderError):
@@ -107,3 +119,110 @@ def excerpt(body: bytes | str | None) -> str | None:
     if isinstance(body, str):
         body = body.encode("utf-8", "replace")
     return body[:BODY_EXCERPT_BYTES].decode("utf-8", "replace")
+
+
+#: What a scrubbed secret or credential is replaced with.
+REDACTED = "[redacted]"
+#: What a scrubbed upstream address is replaced with.
+UPSTREAM = "[upstream]"
+
+# A value ends at white space, a quote, a backslash (a JSON escape) or a
+# separator; at least 8 characters, so that prose ("Bearer token required")
+# stays readable.  No brackets: a value already redacted is left alone.
+_VALUE = r"[^\s\"'`,;}\[\]\\]{8,}"
+# The separator between a header's name and value, in HTTP, JSON (escaped or
+# not), Python reprs or query strings.
+_SEP = r"\\?[\"']?\s*[:=]\s*\\?[\"']?\s*"
+_CREDENTIALS = re.compile(
+    # Header values: authorization (with its scheme, if any) and API keys.
+    rf"(?i)(\b(?:proxy-)?authorization{_SEP}(?:(?:bearer|basic|token|digest)\s+)?)"
+    rf"{_VALUE}"
+    rf"|(\b(?:x-(?:goog-)?api-key|api[-_]?key|access[-_]token){_SEP}){_VALUE}"
+    # A bearer token wherever it stands, and OpenAI-style secret keys.
+    rf"|(\bbearer\s+){_VALUE}"
+    r"|\b(sk-)[A-Za-z0-9_\-]{16,}"
+)
+#: The shortest start of a secret that a scrubbed text may not end with.
+_CUT_PREFIX = 6
+
+
+def _keep_name(match: re.Match[str]) -> str:
+    # The header name and separator (or the key's C{sk-}) stay: the text
+    # still says what was there.
+    return next((g for g in match.groups() if g), "") + REDACTED
+
+
+class Scrubber:
+    """
+    Removes secrets from what an upstream says, before it reaches a log or a
+    client: every given secret (as is, JSON-escaped and URL-quoted),
+    anything that looks like a credential (authorization or API-key header
+    values, bearer tokens, C{sk-...} keys), and the given upstream
+    addresses (URLs, C{host:port}, host names).
+
+    Only error paths use it: building the patterns and scanning a text cost
+    too much for every event of a stream.
+    """
+
+    def __init__(
+        self, secrets: Iterable[str] = (), addresses: Iterable[str] = ()
+    ) -> None:
+        """
+        @param secrets: The values to remove; empty ones are ignored.
+        @param addresses: Upstream URLs (or C{scheme://host[:port]}) whose
+            host is to be removed, with any scheme, port and path around it.
+        """
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret:
+                forms.update((secret, secret.replace("/", "\\/"), quote(secret)))
+        self._secrets = tuple(sorted(forms, key=len, reverse=True))
+        self._secret_re = (
+            re.compile("|".join(map(re.escape, self._secrets)))
+            if self._secrets
+            else None
+        )
+        hosts = set()
+        for address in addresses:
+            host = urlsplit(address).hostname if "//" in address else address
+            if host:
+                hosts.add(host)
+        self._address_re = None
+        if hosts:
+            names = "|".join(re.escape(h) for h in sorted(hosts, key=len, reverse=True))
+            self._address_re = re.compile(
+                r"(?i)(?<![\w.-])(?:[a-z][a-z0-9+.-]*://)?(?:[^\s/@\"']*@)?"
+                rf"\[?(?:{names})\]?(?::\d+)?(?:/[^\s\"'<>]*)?(?![\w-])"
+            )
+
+    def text(self, text: str) -> str:
+        """
+        C{text} with every secret, credential and address replaced.
+        """
+        if self._secret_re is not None:
+            text = self._secret_re.sub(REDACTED, text)
+            text = self._cut_tail(text)
+        text = _CREDENTIALS.sub(_keep_name, text)
+        if self._address_re is not None:
+            text = self._address_re.sub(UPSTREAM, text)
+        return text
+
+    def _cut_tail(self, text: str) -> str:
+        # An excerpt cut in the middle of a secret must not keep its start.
+        for secret in self._secrets:
+            for n in range(min(len(secret) - 1, len(text)), _CUT_PREFIX - 1, -1):
+                if text.endswith(secret[:n]):
+                    return text[:-n] + REDACTED
+        return text
+
+    def error(self, error: ProviderError) -> ProviderError:
+        """
+        Scrub a L{ProviderError}'s message and body, in place.
+
+        @return: C{error}.
+        """
+        error.message = self.text(error.message)
+        error.args = (error.message, *error.args[1:])
+        if error.body is not None:
+            error.body = self.text(error.body)
+        return error

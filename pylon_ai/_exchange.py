@@ -124,6 +124,10 @@ class Exchange:
         self._saw_done = False
         self._text: list[str] = []
         self._tools: dict[int, list[Any]] = {}
+        # What a non-streaming reply collected so far, in bytes, against
+        # the bound on it.
+        self._collected = 0
+        self._max_reply = gateway.config.server.max_reply_bytes
         self._stop: Stop | None = None
         self._producer: Any = None
         self._out: list[bytes] = []
@@ -187,10 +191,7 @@ class Exchange:
             if self._ttft is None:
                 self._ttft = time.perf_counter() - self._received
             if not self._stream:
-                if kind is TextDelta:
-                    self._text.append(event.text)  # type: ignore[union-attr]
-                else:
-                    self._tool(event)  # type: ignore[arg-type]
+                self._collect(event)  # type: ignore[arg-type]
         elif kind is Usage:
             self._usage = merge_usage(self._usage, event)  # type: ignore[arg-type]
         elif kind is MessageStart:
@@ -224,6 +225,27 @@ class Exchange:
                 + b"\ndata: "
                 + data.encode("utf-8")
                 + b"\n\n"
+            )
+
+    def _collect(self, event: TextDelta | ToolCallDelta) -> None:
+        if type(event) is TextDelta:
+            text = event.text
+            self._text.append(text)
+        else:
+            text = event.arguments  # type: ignore[union-attr]
+            self._tool(event)  # type: ignore[arg-type]
+        # isascii() is O(1): only other text pays for an encode.
+        self._collected += len(text) if text.isascii() else len(text.encode())
+        if self._collected > self._max_reply:
+            # Raised into the upstream call: it stops reading and closes
+            # the connection, and the request fails with this error.
+            self._text.clear()
+            self._tools.clear()
+            raise ApiError(
+                502,
+                "the upstream reply is larger than the gateway's "
+                f"max_reply_bytes ({self._max_reply} bytes); "
+                "ask for a streamed reply (stream: true) instead",
             )
 
     def _tool(self, event: ToolCallDelta) -> None:
@@ -348,7 +370,7 @@ class Exchange:
         if self._shutting_down:
             self._error(ApiError(503, "the gateway is shutting down"))
             return
-        if not failure.check(ProviderError, CancelledError, TranslationError):
+        if not failure.check(ProviderError, CancelledError, TranslationError, ApiError):
             self.log.failure(
                 "Unexpected failure serving {route} for model {model}",
                 failure,

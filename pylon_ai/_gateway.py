@@ -11,6 +11,7 @@ from typing import Any, Literal, overload
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from pylon_ai._apierrors import gateway_scrubber
 from pylon_ai._attempts import Attempts
 from pylon_ai._backends import Backend, OnEvent, OnSSE
 from pylon_ai._config import Config
@@ -168,6 +169,11 @@ class Gateway:
             self.backends.setdefault(model.name, []).append(
                 Backend(model, config.server, clock, client)
             )
+        #: Scrubs what upstreams say (keys, addresses) before a client or a
+        #: log sees it.
+        self.scrubber = gateway_scrubber(
+            config, [b.url for group in self.backends.values() for b in group]
+        )
 
     def _client(self, ca_file: str | None, connect_timeout: float) -> Any:
         if self._given_client is not None and ca_file is None:

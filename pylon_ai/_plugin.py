@@ -24,7 +24,7 @@ from pylon_ai._provider import (
     OpenAIProvider,
     Provider,
 )
-from pylon_ai._sse import DEFAULT_MAX_LINE_LENGTH
+from pylon_ai._sse import DEFAULT_MAX_EVENT_LENGTH, DEFAULT_MAX_LINE_LENGTH
 from pylon_ai._upstream import StreamCall, StreamDecoder
 
 DEFAULT_MAX_TOKENS = 4096
@@ -37,8 +37,11 @@ class AiProxyPlugin:
 
     Build one with L{anthropic}, L{openai}, L{custom} or
     L{custom_with_model}.  Every call returns a cancellable L{Deferred};
-    failures are L{ProviderError}s.  The plugin never starts or stops the
-    reactor.
+    failures are L{ProviderError}s.  What a provider says in an error (its
+    message, body or error event) may repeat the request's headers: the
+    plugin's own key, and anything else that looks like a credential, is
+    scrubbed from every L{ProviderError} before the caller sees it, so
+    errors are safe to log.  The plugin never starts or stops the reactor.
 
     @cvar name: C{"ai-proxy"}.
     """
@@ -54,6 +57,7 @@ class AiProxyPlugin:
         timeout: float = DEFAULT_TIMEOUT,
         reactor: Any = None,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_event_length: int = DEFAULT_MAX_EVENT_LENGTH,
     ) -> None:
         """
         @param provider: Where requests go.
@@ -69,17 +73,23 @@ class AiProxyPlugin:
         @param reactor: The reactor (for timers and the default client); the
             global one if L{None}.
         @param max_line_length: The longest line accepted in a stream.
+        @param max_event_length: The largest event accepted in a stream, all
+            its C{data} lines together; past it the call fails with a
+            L{ProviderStreamError}.
         """
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if max_line_length < 1 or max_event_length < 1:
+            raise ValueError("max_line_length and max_event_length must be positive")
         self._provider = provider
         self._http_client = http_client
         self._reactor = reactor
         self.max_tokens = max_tokens
         self.timeout = timeout
         self.max_line_length = max_line_length
+        self.max_event_length = max_event_length
 
     @classmethod
     def anthropic(
@@ -197,6 +207,7 @@ class AiProxyPlugin:
             label=StreamCall.label_for(url),
             timeout=self.timeout,
             max_line_length=self.max_line_length,
+            max_event_length=self.max_event_length,
         )
         return call.start(client, url, headers, body)
 

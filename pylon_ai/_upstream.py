@@ -39,14 +39,31 @@ from pylon_ai._errors import (
     ProviderStreamError,
     ProviderTimeout,
     ProviderTLSError,
+    Scrubber,
     excerpt,
 )
 from pylon_ai._events import ModelEvent, StreamError
 from pylon_ai._json import loads
-from pylon_ai._sse import DEFAULT_MAX_LINE_LENGTH, Event, LineTooLong, SSEProtocol
+from pylon_ai._sse import (
+    DEFAULT_MAX_EVENT_LENGTH,
+    DEFAULT_MAX_LINE_LENGTH,
+    Event,
+    EventTooLong,
+    LineTooLong,
+    SSEProtocol,
+)
 
 #: The most of an error response body read before the connection is dropped.
 _ERROR_BODY_LIMIT = 64 * 1024
+#: The request headers whose values are credentials.
+_SECRET_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+)
+_SCHEMES = frozenset(("bearer", "basic", "token", "digest"))
 
 
 class StreamDecoder(TypingProtocol):
@@ -61,8 +78,49 @@ class StreamDecoder(TypingProtocol):
     def finish(self) -> Iterable[ModelEvent] | None: ...
 
 
+def request_secrets(headers: dict[str, str] | Headers) -> list[str]:
+    """
+    The credentials a request carries in its headers: the values of
+    C{authorization} (with and without its scheme), C{x-api-key} and the
+    like.
+
+    @param headers: The request headers.
+    @return: The secret values, for a L{Scrubber}.
+    """
+    values: list[str] = []
+    if isinstance(headers, Headers):
+        for name in _SECRET_HEADERS:
+            for raw in headers.getRawHeaders(name) or ():
+                values.append(raw if isinstance(raw, str) else raw.decode("latin-1"))
+    else:
+        wanted = set(_SECRET_HEADERS)
+        values.extend(v for k, v in headers.items() if k.lower() in wanted)
+    secrets: list[str] = []
+    for value in values:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() in _SCHEMES:
+            # Never the scheme alone ("Bearer " with an empty key): that
+            # would scrub the word wherever it stands.
+            if rest.strip():
+                secrets.extend((value, rest.strip()))
+        elif value.strip():
+            secrets.append(value)
+    return secrets
+
+
+def _scrubbed_text(body: bytes, scrubber: Scrubber | None) -> str:
+    # The whole body is scrubbed before it is cut, so that no cut leaves the
+    # start of a key behind.
+    text = body.decode("utf-8", "replace")
+    return scrubber.text(text) if scrubber is not None else text
+
+
 def error_from_body(
-    label: str, status: int, body: bytes, retry_after: str | None = None
+    label: str,
+    status: int,
+    body: bytes,
+    retry_after: str | None = None,
+    scrubber: Scrubber | None = None,
 ) -> ProviderError:
     """
     The L{ProviderError} for a non-2xx response.
@@ -70,11 +128,15 @@ def error_from_body(
     Understands Anthropic's C{{"type": "error", "error": {...}}}, OpenAI's
     C{{"error": {"message", "type", "code"}}} and the C{{"error": "..."}},
     C{{"detail": ...}} and C{{"message": ...}} shapes of compatible servers.
+
+    @param scrubber: Scrubs the body and the message (with the request's
+        own credentials, at least).
     """
     error_type: str | None = None
     detail: str | None = None
+    text = _scrubbed_text(body, scrubber)
     try:
-        obj = loads(body)
+        obj = loads(text)
     except ValueError:
         obj = None
     if isinstance(obj, dict):
@@ -89,12 +151,12 @@ def error_from_body(
                     detail = err[key]
                     break
     if detail is None:
-        detail = body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+        detail = text[:200].strip() or "(empty body)"
     return ProviderError(
         f"{label} returned HTTP {status}: {detail}",
         status=status,
         error_type=error_type,
-        body=excerpt(body),
+        body=excerpt(text),
         retry_after=retry_after,
     )
 
@@ -207,8 +269,9 @@ class _UpstreamBody(SSEProtocol):
         call: StreamCall,
         on_event: Callable[[Event], object],
         max_line: int,
+        max_event: int,
     ) -> None:
-        super().__init__(on_event, max_line)
+        super().__init__(on_event, max_line, max_event)
         self._call = call
 
     def dataReceived(self, data: bytes) -> None:
@@ -251,8 +314,14 @@ class StreamCall:
     the exception C{on_event} raised) otherwise.  Cancelling it aborts the
     request and closes its connection.
 
+    L{ProviderError}s it fails with never hold the request's own
+    credentials (its C{authorization}, C{x-api-key}... header values), nor
+    anything that looks like one.
+
     @ivar deferred: The outcome.
     @ivar response: The upstream response once its headers arrived.
+    @ivar max_event_length: The largest SSE event accepted (see
+        L{SSEProtocol}); it may be changed until the response arrives.
     """
 
     def __init__(
@@ -264,6 +333,7 @@ class StreamCall:
         label: str,
         timeout: float,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_event_length: int = DEFAULT_MAX_EVENT_LENGTH,
         on_sse: Callable[[Event, list[ModelEvent]], object] | None = None,
         first_byte_timeout: float | None = None,
         request_timeout: float | None = None,
@@ -277,6 +347,8 @@ class StreamCall:
         @param label: Names the provider in error messages (never a key).
         @param timeout: Seconds without progress before the call fails.
         @param max_line_length: The longest SSE line accepted.
+        @param max_event_length: The largest SSE event accepted, all its
+            lines together.
         @param on_sse: If given, called with each SSE event of the stream
             and the model events it decoded to, before C{on_event} sees
             them (for pass-through).  Error events are not passed to it.
@@ -294,6 +366,7 @@ class StreamCall:
         self._label = label
         self._timeout = timeout
         self._max_line = max_line_length
+        self.max_event_length = max_event_length
         self._on_sse = on_sse
         self._first_byte_timeout = first_byte_timeout
         self._request_timeout = request_timeout
@@ -308,6 +381,7 @@ class StreamCall:
         self._request: Deferred[Any] | None = None
         self._body: Protocol | None = None
         self._over = False
+        self._headers: dict[str, str] | Headers = {}
 
     @classmethod
     def label_for(cls, url: str) -> str:
@@ -338,6 +412,8 @@ class StreamCall:
         """
         self._last_progress = self._started_at = self._clock.seconds()
         self._timer = self._clock.callLater(self._next_check(), self._check_idle)
+        # Kept, not searched: the credentials are only needed on a failure.
+        self._headers = headers
         try:
             agent = getattr(client, "_agent", client)
             if not isinstance(headers, Headers):
@@ -429,10 +505,18 @@ class StreamCall:
             self._stop_timer()
             self.deferred.callback(None)
 
+    def _scrubber(self) -> Scrubber:
+        return Scrubber(request_secrets(self._headers))
+
     def _fail(self, reason: Failure | BaseException) -> None:
         if not self._over:
             self._over = True
             self._stop_timer()
+            exc = reason.value if isinstance(reason, Failure) else reason
+            if isinstance(exc, ProviderError):
+                # Whatever the upstream said, in an error body or a stream,
+                # may repeat the request's headers.
+                self._scrubber().error(exc)
             self.deferred.errback(reason)
 
     def _request_failed(self, failure: Failure) -> None:
@@ -456,7 +540,9 @@ class StreamCall:
             self._body = _ErrorBody(
                 self,
                 lambda body: self._fail(
-                    error_from_body(self._label, status, body, retry_after)
+                    error_from_body(
+                        self._label, status, body, retry_after, self._scrubber()
+                    )
                 ),
             )
             response.deliverBody(self._body)
@@ -466,7 +552,9 @@ class StreamCall:
             self._body = _ErrorBody(self, lambda body: self._wrong_type(ctype, body))
             response.deliverBody(self._body)
             return
-        body = _UpstreamBody(self, self._sse_event, self._max_line)
+        body = _UpstreamBody(
+            self, self._sse_event, self._max_line, self.max_event_length
+        )
         self._body = body
         response.deliverBody(body)
         body.done.addCallbacks(self._body_done, self._body_failed)
@@ -478,7 +566,7 @@ class StreamCall:
                 f"{ctype.decode('latin-1') or 'no content type'}, "
                 "not text/event-stream",
                 status=self.response.code if self.response else None,
-                body=excerpt(body),
+                body=excerpt(_scrubbed_text(body, self._scrubber())),
             )
         )
 
@@ -535,7 +623,7 @@ class StreamCall:
         if failure.check(PotentialDataLoss):
             # No length and no chunking: the close is the end of the body.
             self._body_done(None)
-        elif failure.check(LineTooLong):
+        elif failure.check(LineTooLong, EventTooLong):
             self._fail(ProviderStreamError(f"{self._label}: {failure.value}"))
         elif not failure.check(ResponseFailed, ConnectionLost):
             self._fail(failure)  # a ProviderError, or what on_event raised
