@@ -14,14 +14,16 @@ import tempfile
 from pathlib import Path
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import _HTTP11ClientFactory
 
 import pylon_ai
-from pylon_ai._config import ConfigError, parse_config
+from pylon_ai._config import ConfigError, default_config, parse_config
+from pylon_ai._gateway import Gateway
 from pylon_ai._http import make_pool
-from pylon_ai.tap import Options, endpoint_is_local
+from pylon_ai.tap import GatewayService, Options, endpoint_is_local
 
 try:
     from tests._service import raw_connect, start_service
@@ -262,3 +264,22 @@ class QuietConnectionsTests(TestCase):
             e for e in events if isinstance(e.get("factory"), _HTTP11ClientFactory)
         ]
         self.assertEqual(noisy, [])
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    The service built for C{twistd}.
+    """
+
+    def test_websockets_count_as_connections(self) -> None:
+        """
+        Open WebSockets left the site's books, but count towards
+        C{max_connections}.
+        """
+        gateway = Gateway(default_config(), Clock())
+        service = GatewayService(gateway, object())
+        self.assertEqual(service.site.upgraded(), 0)
+        service.websockets.open_sockets.add(object())  # type: ignore[arg-type]
+        self.assertEqual(service.site.upgraded(), 1)
+        self.assertEqual(service.site.max_connections, 4096)
+        self.assertEqual(service.site.header_timeout, 10.0)
