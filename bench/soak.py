@@ -25,21 +25,50 @@ chosen by the model it names.  The fault kinds:
     bad_json       a 200 event stream whose data is not JSON (retried, then 502)
     client_cancel  a slow healthy reply that the client abandons early
 
+Alongside that load run two attacks on the gateway's hardening:
+
+    WebSocket clients that never read
+                   C{--ws-sockets} (4) sockets at a time open C{/v1/ws}
+                   (a raw client: the handshake, then C{--ws-completions}
+                   (6) completions of a model whose upstream streams
+                   C{--ws-reply-mib} (4) MiB over C{--ws-reply-seconds}
+                   (60), then its transport is paused for good).  Each
+                   lives C{--ws-lifetime} (5 to 45) seconds, then its
+                   client closes it, or the gateway closes it first (seen
+                   in the kernel's TCP state); a new one takes its place.
+                   Within C{--release-timeout} (10 s) of a socket's end,
+                   every upstream request it started must have ended.
+    slowloris      every C{--slowloris-every} (60) seconds, from 2 s into
+                   the load, a batch of C{--slowloris} (200) connections
+                   sends a request's header section one byte per second
+                   (half of them from the first byte, half after a whole
+                   request line and Host).  The generated config sets
+                   C{header_timeout_s} to C{--header-timeout} (2): each
+                   connection must be closed by the gateway within
+                   C{--slowloris-grace} (10) seconds past it, while the
+                   normal load keeps its expected outcomes.
+
 Every outcome is compared with what its fault should give.  At the end it
 requires: every request sent got an outcome (none lost or hung), every
 outcome was the expected one, the gateway counted each request once (its
-C{pylon_requests_total} by status matches the client's view), its
+C{pylon_requests_total} by status matches the client's view, and its
+C{/v1/ws} count matches the completions the stalled sockets sent), its
 C{pylon_streams_in_flight} is back to 0, every upstream request was ended
-(a client's cancel reached the upstream), the gateway's open fds come back
-to the level before the load (after its pools' idle timeout), RSS grew by
-at most C{--max-rss-growth-mib} after the warm-up, nothing alarming was
-logged, and SIGTERM ends the gateway with exit code 0.  It exits 0 when all
-held, 1 otherwise.
+(a client's cancel reached the upstream; a stalled socket's end released
+its requests), every WebSocket handshake succeeded, every slowloris
+connection was closed by the gateway, the gateway's open fds come back to
+the level before the load (after its pools' idle timeout), RSS after the
+load is at most C{--max-rss-ratio} (1.10) times the warm RSS (taken after
+the warm-up) and grew by at most C{--max-rss-growth-mib}, nothing alarming
+was logged, and SIGTERM ends the gateway with exit code 0.  It exits 0 when
+all held, 1 otherwise.  Everything connects to 127.0.0.1 only, and every
+loop is bounded in count and time.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -68,12 +97,20 @@ from twisted.internet.defer import (  # noqa: E402
     gatherResults,
 )
 from twisted.internet.defer import TimeoutError as DeferredTimeout  # noqa: E402
+from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.internet.error import (  # noqa: E402
     ConnectingCancelledError,
+    ConnectionDone,
+    ConnectionLost,
     ProcessDone,
     ProcessTerminated,
 )
-from twisted.internet.protocol import ProcessProtocol  # noqa: E402
+from twisted.internet.protocol import (  # noqa: E402
+    Factory,
+    ProcessProtocol,
+    Protocol,
+    connectionDone,
+)
 from twisted.internet.task import deferLater  # noqa: E402
 from twisted.logger import LogLevel, formatEvent, globalLogBeginner  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
@@ -111,6 +148,12 @@ KINDS = ("ok", *FAULT_KINDS)
 FORMATS = ("oa", "an")
 APIS = ("openai", "anthropic")
 ROUTE = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
+WS_ROUTE = "/v1/ws"
+#: The upstreams of the WebSocket clients that never read: a large reply,
+#: streamed slowly enough to outlive any of those sockets.
+LARGE = "large"
+#: The size of one text chunk of the large reply.
+LARGE_PIECE = 16 * 1024
 
 
 def fake_reply(kind: str, fmt: str, chunk_delay: float) -> FakeReply:
@@ -141,6 +184,16 @@ def fake_reply(kind: str, fmt: str, chunk_delay: float) -> FakeReply:
         # Four seconds of stream: the client leaves long before the end.
         return FakeReply(chunks=("tick ",) * 40, usage=(12, 40), chunk_delay=0.1)
     raise ValueError(kind)
+
+
+def large_reply(mib: float, seconds: float) -> FakeReply:
+    """
+    A reply of C{mib} MiB of text, streamed evenly over C{seconds}.
+    """
+    n = max(1, int(mib * (1 << 20) / LARGE_PIECE))
+    return FakeReply(
+        chunks=("x" * LARGE_PIECE,) * n, usage=(12, n), chunk_delay=seconds / n
+    )
 
 
 def expected(kind: str, api: str, stream: bool) -> str:
@@ -197,8 +250,16 @@ def free_port() -> int:
         return port
 
 
-def gateway_config(fakes: dict[tuple[str, str], FakeProvider]) -> str:
-    lines = ["[server]", "shutdown_grace_s = 5", ""]
+def gateway_config(
+    fakes: dict[tuple[str, str], FakeProvider], header_timeout: float
+) -> str:
+    lines = [
+        "[server]",
+        "shutdown_grace_s = 5",
+        # Short, so that the slowloris batches see the deadline at work.
+        f"header_timeout_s = {header_timeout:g}",
+        "",
+    ]
     for (kind, fmt), fake in fakes.items():
         lines += ["[[models]]", f'name = "{kind}-{fmt}"']
         if fmt == "oa":
@@ -318,13 +379,16 @@ def proc_stats(pid: int) -> dict[str, float]:
     }
 
 
-def parse_metrics(text: str) -> tuple[float | None, Counter[tuple[str, str]]]:
+def parse_metrics(
+    text: str,
+) -> tuple[float | None, Counter[tuple[str, str]], Counter[str]]:
     """
-    C{pylon_streams_in_flight}, and C{pylon_requests_total} by (route, status)
-    for the completion routes.
+    C{pylon_streams_in_flight}, C{pylon_requests_total} by (route, status)
+    for the HTTP completion routes, and by status for C{/v1/ws}.
     """
     in_flight = None
     totals: Counter[tuple[str, str]] = Counter()
+    ws: Counter[str] = Counter()
     for line in text.splitlines():
         if line.startswith("pylon_streams_in_flight "):
             in_flight = float(line.split()[1])
@@ -333,7 +397,9 @@ def parse_metrics(text: str) -> tuple[float | None, Counter[tuple[str, str]]]:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
             if labels.get("route") in ROUTE.values():
                 totals[labels["route"], labels["status"]] += int(float(m.group(2)))
-    return in_flight, totals
+            elif labels.get("route") == WS_ROUTE:
+                ws[labels.get("status", "?")] += int(float(m.group(2)))
+    return in_flight, totals, ws
 
 
 # -- the load ------------------------------------------------------------------
@@ -369,6 +435,14 @@ class Soak:
         #: /healthz round trips, and the slow ones (> 1 s) with their time
         self.probes: list[float] = []
         self.slow_probes: list[tuple[float, float]] = []
+        #: Slowloris batches running now; the requests that ended during
+        #: one, the unexpected ones among them, and the probes then.
+        self.slowloris_active = 0
+        self.slowloris_done = 0
+        self.slowloris_unexpected = 0
+        self.slowloris_probes: list[float] = []
+        #: Requests sent again after a kept-alive connection closed under them.
+        self.resent = 0
 
     # -- one request -----------------------------------------------------------
 
@@ -445,6 +519,10 @@ class Soak:
             self.server_expect[ROUTE[api], status] += 1
         if got != want:
             self.unexpected[kind, want, got, api, fmt, stream] += 1
+        if self.slowloris_active:
+            self.slowloris_done += 1
+            if got != want:
+                self.slowloris_unexpected += 1
 
     async def _exchange(
         self, client: HTTPClient, n: int, kind: str, api: str, fmt: str, stream: bool
@@ -452,24 +530,35 @@ class Soak:
         headers = {"content-type": ["application/json"]}
         if api == "anthropic":
             headers["anthropic-version"] = ["2023-06-01"]
-        try:
-            response = await client.post(
-                self.base + ROUTE[api],
-                data=self.body(n, kind, api, fmt, stream),
-                headers=headers,
-                unbuffered=True,
-            )
-        except CancelledError:
-            raise
-        except ConnectingCancelledError:
-            # Left before even connecting: the gateway never saw it.
-            return "cancelled-unsent"
-        except ResponseNeverReceived as e:
-            if any(r.check(CancelledError) for r in e.reasons):
-                raise CancelledError() from None
-            return f"conn-error-{_name(e)}"
-        except Exception as e:
-            return f"conn-error-{_name(e)}"
+        for attempt in (1, 2):
+            try:
+                response = await client.post(
+                    self.base + ROUTE[api],
+                    data=self.body(n, kind, api, fmt, stream),
+                    headers=headers,
+                    unbuffered=True,
+                )
+            except CancelledError:
+                raise
+            except ConnectingCancelledError:
+                # Left before even connecting: the gateway never saw it.
+                return "cancelled-unsent"
+            except ResponseNeverReceived as e:
+                if any(r.check(CancelledError) for r in e.reasons):
+                    raise CancelledError() from None
+                if attempt == 1 and all(
+                    r.check(ConnectionDone, ConnectionLost) for r in e.reasons
+                ):
+                    # The gateway closed a kept-alive connection (idle for
+                    # header_timeout_s) as this request went out on it: a
+                    # client sends it again on a new one.  Counted; the
+                    # gateway's books show whether it had seen the first.
+                    self.resent += 1
+                    continue
+                return f"conn-error-{_name(e)}"
+            except Exception as e:
+                return f"conn-error-{_name(e)}"
+            break
         if response.code != 200:
             return await self._error_response(response, api)
         ctype = response.headers.getRawHeaders("content-type", [""])[0]
@@ -646,7 +735,7 @@ class Upstreams:
     The fakes, and the book of upstream requests not yet ended.
     """
 
-    def __init__(self, chunk_delay: float, backlog: int) -> None:
+    def __init__(self, chunk_delay: float, backlog: int, large: FakeReply) -> None:
         self.fakes: dict[tuple[str, str], FakeProvider] = {}
         listener = _Backlog(reactor, backlog) if backlog else reactor
         for kind in KINDS:
@@ -656,6 +745,12 @@ class Upstreams:
                     clock=reactor,
                     default_reply=fake_reply(kind, fmt, chunk_delay),
                 )
+        for fmt in FORMATS:
+            self.fakes[LARGE, fmt] = FakeProvider(
+                listener, clock=reactor, default_reply=large
+            )
+        #: The large requests by (socket, completion), from their marker.
+        self.large: dict[tuple[int, int], Any] = {}
         #: (kind, request, seen at) of requests not yet ended
         self.open: list[tuple[str, Any, float]] = []
         self.total: Counter[str] = Counter()
@@ -698,6 +793,11 @@ class Upstreams:
                     m = re.search(rb"soak #(\d+)#", r.body)
                     if m:
                         self._cancel_seen.add(int(m.group(1)))
+            if kind == LARGE:
+                for r in batch:
+                    m = re.search(rb"wsoak (\d+)\.(\d+)#", r.body)
+                    if m:
+                        self.large[int(m.group(1)), int(m.group(2))] = r
             if kind == "drop":
                 continue  # the fake ends those itself, and says nothing
             self.open.extend((kind, r, now) for r in batch)
@@ -713,6 +813,471 @@ class Upstreams:
 
     def connections(self) -> int:
         return sum(f.open_connections for f in self.fakes.values())
+
+    def large_ports(self) -> set[int]:
+        return {
+            int(self.fakes[LARGE, fmt].base_url.rsplit(":", 1)[1]) for fmt in FORMATS
+        }
+
+
+# -- the hardening load: WebSocket clients that never read, slowloris -----------
+
+
+def tcp_queues(ports: set[int], gateway_port: int, clients: set[int]) -> dict[str, int]:
+    """
+    Bytes waiting in the kernel's TCP queues (from C{/proc/net/tcp}):
+    C{unread} by the gateway on its connections to the upstreams on
+    C{ports} (it grows while the gateway keeps those upstreams paused), and
+    C{unsent} by the gateway to the local ports C{clients}.
+    """
+    found = {"unread": 0, "unsent": 0}
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return found
+    for line in lines:
+        cols = line.split()
+        if len(cols) < 5 or cols[3] != "01":  # ESTABLISHED only
+            continue
+        local = int(cols[1].rsplit(":", 1)[1], 16)
+        remote = int(cols[2].rsplit(":", 1)[1], 16)
+        tx, rx = (int(x, 16) for x in cols[4].split(":"))
+        if remote in ports:
+            found["unread"] += rx
+        elif local == gateway_port and remote in clients:
+            found["unsent"] += tx
+    return found
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """
+    One masked text frame (a client's frames must be masked).
+    """
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+    mask = os.urandom(4)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    body = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+    return head + mask + body
+
+
+#: A client key sent once in a WebSocket handshake (header and query): it
+#: must never reach the gateway's log.
+CANARY = "sk-soak-canary-" + os.urandom(6).hex()
+
+#: Linux's TCP states (tcp_states.h) seen on a client socket.
+TCP_ESTABLISHED = 1
+
+
+class _StalledSocket(Protocol):
+    """
+    A WebSocket client that does the handshake, sends its completions, and
+    then never reads again (its transport is paused for good).
+    """
+
+    def __init__(
+        self, host: str, frames: list[bytes], path: str = WS_ROUTE, extra: str = ""
+    ) -> None:
+        self.host = host
+        self.frames = frames
+        self.path = path
+        self.extra = extra
+        self.buffer = b""
+        self.status = ""
+        self.handshake: Deferred[str] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n{self.extra}"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.handshake.called:
+            return  # what came in the same read as the handshake's end
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            if len(self.buffer) > 65536:
+                self._answer("handshake reply too long")
+            return
+        status = self.buffer.split(b"\r\n", 1)[0].decode("latin-1")
+        self.buffer = b""
+        if status.split(" ")[1:2] != ["101"]:
+            self._answer(status)
+            return
+        # Stop reading before the first reply can come: pauseProducing()
+        # takes the socket out of the reactor's read set, so the kernel's
+        # receive buffer fills and the gateway's sends back up.
+        self.transport.pauseProducing()
+        self.transport.write(b"".join(self.frames))
+        self._answer("101")
+
+    def _answer(self, status: str) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(status)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._answer("connection lost during the handshake")
+        self.lost.callback(None)
+
+    def tcp_state(self) -> int:
+        """
+        The kernel's state of this socket: while its reads are paused, the
+        reactor would not notice that the gateway closed it.
+        """
+        try:
+            handle = self.transport.getHandle()
+            info = handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        except (OSError, AttributeError):
+            return 0
+        return int(info[0])
+
+    def local_port(self) -> int:
+        try:
+            return int(self.transport.getHost().port)
+        except Exception:
+            return 0
+
+
+class StalledWebSockets:
+    """
+    A few WebSocket clients at a time that start completions of a large
+    reply and never read; each is replaced when it has lived its time (the
+    client closes it) or when the gateway closes it.  After each socket
+    goes, every upstream request it started must end within
+    C{release_timeout} seconds.
+    """
+
+    def __init__(self, args: argparse.Namespace, soak: Soak, upstreams: Upstreams):
+        self.args = args
+        self.soak = soak
+        self.upstreams = upstreams
+        self.rng = random.Random(args.seed + 1)
+        self.port = 0
+        self.next_id = 0
+        self.live: dict[int, _StalledSocket] = {}
+        self.opened = 0
+        self.completions = 0
+        self.closed_by_client = 0
+        #: Sockets the gateway closed, and how old they were then.
+        self.closed_by_gateway: list[float] = []
+        self.handshake_failures: Counter[str] = Counter()
+        #: Upstream requests that had not ended C{release_timeout} after
+        #: their socket went, and some examples of them.
+        self.unreleased = 0
+        self.unreleased_examples: list[str] = []
+        #: Upstream requests that ended, and how long after their socket.
+        self.released = 0
+        self.release_after: list[float] = []
+        self.never_upstream = 0
+        self.peak_unread = 0
+        self.peak_unsent = 0
+        self._checks: list[Deferred[None]] = []
+
+    def client_ports(self) -> set[int]:
+        return {s.local_port() for s in self.live.values()}
+
+    def sample_queues(self) -> None:
+        if not self.live:
+            return
+        q = tcp_queues(self.upstreams.large_ports(), self.port, self.client_ports())
+        self.peak_unread = max(self.peak_unread, q["unread"])
+        self.peak_unsent = max(self.peak_unsent, q["unsent"])
+
+    async def canary(self) -> None:
+        """
+        One handshake that presents L{CANARY} as its key (refused in no-key
+        mode): the key must not show up in the gateway's log.
+        """
+        proto = _StalledSocket(
+            f"127.0.0.1:{self.port}",
+            [],
+            f"{WS_ROUTE}?api_key={CANARY}",
+            f"Authorization: Bearer {CANARY}\r\n",
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=5)
+        try:
+            await endpoint.connect(Factory.forProtocol(lambda: proto)).addTimeout(
+                10, reactor
+            )
+            self.canary_status = await proto.handshake.addTimeout(10, reactor)
+        except Exception as e:
+            self.canary_status = _name(e)
+        if proto.transport is not None:
+            proto.transport.abortConnection()
+
+    canary_status = ""
+
+    async def run(self, until: float) -> None:
+        if self.args.ws_sockets <= 0:
+            return
+        await self.canary()
+        await gatherResults(
+            [ensureDeferred(self._slot(until)) for _ in range(self.args.ws_sockets)]
+        )
+        await gatherResults(self._checks)
+
+    async def _slot(self, until: float) -> None:
+        # Bounded by time (each socket lives at least a second or ends on a
+        # failed handshake, followed by a pause) and by count.
+        attempts = 0
+        while (
+            time.monotonic() < until - 1
+            and not self.soak.stopping
+            and attempts < 10_000
+        ):
+            attempts += 1
+            if not await self._one(until):
+                await deferLater(reactor, 1.0, lambda: None)
+
+    async def _one(self, until: float) -> bool:
+        sid = self.next_id
+        self.next_id += 1
+        frames = [
+            _ws_frame(
+                json.dumps(
+                    {
+                        "type": "completion",
+                        "id": f"c{k}",
+                        "model": f"{LARGE}-{FORMATS[k % len(FORMATS)]}",
+                        "messages": [{"role": "user", "content": f"wsoak {sid}.{k}#"}],
+                    }
+                ).encode()
+            )
+            for k in range(self.args.ws_completions)
+        ]
+        proto = _StalledSocket(f"127.0.0.1:{self.port}", frames)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=5)
+        try:
+            await endpoint.connect(Factory.forProtocol(lambda: proto)).addTimeout(
+                10, reactor
+            )
+            status = await proto.handshake.addTimeout(10, reactor)
+        except Exception as e:
+            self.handshake_failures[_name(e)] += 1
+            if proto.transport is not None:
+                proto.transport.abortConnection()
+            return False
+        if status != "101":
+            self.handshake_failures[status] += 1
+            proto.transport.abortConnection()
+            return False
+        self.opened += 1
+        self.completions += len(frames)
+        self.live[sid] = proto
+        opened = time.monotonic()
+        low, high = self.args.ws_lifetime
+        end = min(opened + self.rng.uniform(low, high), until)
+        by_gateway = False
+        while time.monotonic() < end and not self.soak.stopping:
+            await deferLater(reactor, 1.0, lambda: None)
+            if proto.lost.called or proto.tcp_state() != TCP_ESTABLISHED:
+                by_gateway = True
+                break
+        del self.live[sid]
+        if by_gateway:
+            self.closed_by_gateway.append(time.monotonic() - opened)
+        else:
+            self.closed_by_client += 1
+        gone = time.monotonic()
+        if not proto.lost.called:
+            proto.transport.abortConnection()
+        self._checks.append(ensureDeferred(self._released(sid, gone)))
+        return True
+
+    async def _released(self, sid: int, gone: float) -> None:
+        """
+        Wait until every upstream request of socket C{sid} has ended.
+        """
+        pending: list[int] = []
+        deadline = gone + self.args.release_timeout
+        while True:
+            self.upstreams.sweep()
+            pending = []
+            for k in range(self.args.ws_completions):
+                r = self.upstreams.large.get((sid, k))
+                if r is None or not (r.finished.called or r.disconnected.called):
+                    pending.append(k)
+            if not pending or time.monotonic() > deadline:
+                break
+            await deferLater(reactor, 0.5, lambda: None)
+        ended = self.args.ws_completions - len(pending)
+        self.released += ended
+        if ended:
+            self.release_after.append(time.monotonic() - gone)
+        for k in pending:
+            r = self.upstreams.large.pop((sid, k), None)
+            if r is None:
+                # The gateway never sent it upstream (it refused it, or the
+                # socket went first): nothing to release.
+                self.never_upstream += 1
+            else:
+                self.unreleased += 1
+                if len(self.unreleased_examples) < 5:
+                    self.unreleased_examples.append(f"socket {sid} completion c{k}")
+        for k in range(self.args.ws_completions):
+            self.upstreams.large.pop((sid, k), None)
+
+    def close_all(self) -> None:
+        for proto in list(self.live.values()):
+            if proto.transport is not None and not proto.lost.called:
+                proto.transport.abortConnection()
+
+
+class _SlowClient(Protocol):
+    """
+    Sends a request's header section one byte per tick, and notes when the
+    gateway closes the connection and what it answered.
+    """
+
+    def __init__(self, batch: SlowlorisBatch, prefix: bytes) -> None:
+        self.batch = batch
+        self.prefix = prefix
+        self.sent = 0
+        self.reply = b""
+        self.connected_at = 0.0
+        self.closed_at: float | None = None
+
+    def connectionMade(self) -> None:
+        self.connected_at = time.monotonic()
+        self.batch.connected.append(self)
+        if self.prefix:
+            self.transport.write(self.prefix)
+
+    def tick(self) -> None:
+        if self.closed_at is None:
+            # The request line, a Host, then a header value without end.
+            head = SLOW_HEAD + b"X-Slow: "
+            byte = head[self.sent : self.sent + 1] or b"a"
+            self.sent += 1
+            self.transport.write(byte)
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self.reply) < 256:
+            self.reply += data[:256]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed_at = time.monotonic()
+
+
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
+class SlowlorisBatch:
+    """
+    C{n} connections to the gateway, each sending one header byte per
+    second (half of them after a whole request line and C{Host}).  The
+    gateway must close each within its header deadline; what is still open
+    after C{limit} seconds is closed here and counted.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.connected: list[_SlowClient] = []
+        self.connect_failures: Counter[str] = Counter()
+        self.not_closed = 0
+        self.latencies: list[float] = []
+        self.replies: Counter[str] = Counter()
+
+    async def run(self, port: int, limit: float) -> None:
+        began = time.monotonic()
+        attempts: list[Deferred[Any]] = []
+        for i in range(self.n):
+            prefix = SLOW_HEAD if i % 2 else b""
+            client = _SlowClient(self, prefix)
+            if prefix:
+                client.sent = len(SLOW_HEAD)
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+            attempts.append(
+                endpoint.connect(Factory.forProtocol(lambda c=client: c)).addErrback(
+                    lambda f: self.connect_failures.update([_name(f.value)])
+                )
+            )
+        await gatherResults(attempts)
+        next_tick = time.monotonic() + 1.0
+        while time.monotonic() - began < limit:
+            if all(c.closed_at is not None for c in self.connected):
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+            if time.monotonic() >= next_tick:
+                next_tick += 1.0
+                for c in self.connected:
+                    c.tick()
+        for c in self.connected:
+            if c.closed_at is None:
+                self.not_closed += 1
+                c.transport.abortConnection()
+            else:
+                self.latencies.append(c.closed_at - c.connected_at)
+                first = c.reply.split(b"\r\n", 1)[0].decode("latin-1")
+                self.replies[first or "(closed without a reply)"] += 1
+
+
+class Slowloris:
+    """
+    Slowloris batches now and then during the load, each bounded in count
+    and time.
+    """
+
+    def __init__(self, args: argparse.Namespace, soak: Soak) -> None:
+        self.args = args
+        self.soak = soak
+        self.port = 0
+        self.batches: list[SlowlorisBatch] = []
+        #: (seconds into the load) when each batch began
+        self.began_at: list[float] = []
+
+    async def run(self, began: float, until: float) -> None:
+        args = self.args
+        if args.slowloris <= 0:
+            return
+        limit = args.header_timeout + args.slowloris_grace
+        start = began + min(2.0, max(0.0, until - began - limit))
+        while (
+            not self.soak.stopping
+            and len(self.batches) < 1000
+            and start + limit <= until
+        ):
+            wait = start - time.monotonic()
+            if wait > 0:
+                await deferLater(reactor, wait, lambda: None)
+            if self.soak.stopping:
+                break
+            batch = SlowlorisBatch(args.slowloris)
+            self.batches.append(batch)
+            self.began_at.append(time.monotonic() - began)
+            self.soak.slowloris_active += 1
+            try:
+                await batch.run(self.port, limit)
+            finally:
+                self.soak.slowloris_active -= 1
+            start += args.slowloris_every
+
+    def summary(self) -> dict[str, Any]:
+        latencies = [x for b in self.batches for x in b.latencies]
+        replies: Counter[str] = Counter()
+        failures: Counter[str] = Counter()
+        for b in self.batches:
+            replies.update(b.replies)
+            failures.update(b.connect_failures)
+        return {
+            "batches": len(self.batches),
+            "connections": sum(len(b.connected) for b in self.batches),
+            "not_closed": sum(b.not_closed for b in self.batches),
+            "latencies": latencies,
+            "replies": replies,
+            "connect_failures": failures,
+        }
 
 
 def begin_logging(soak: Soak) -> None:
@@ -746,8 +1311,14 @@ async def until(check: Any, seconds: float, step: float = 0.5) -> bool:
 
 
 async def run(args: argparse.Namespace) -> int:
-    upstreams = Upstreams(args.chunk_delay, args.upstream_backlog)
+    upstreams = Upstreams(
+        args.chunk_delay,
+        args.upstream_backlog,
+        large_reply(args.ws_reply_mib, args.ws_reply_seconds),
+    )
     soak = Soak(args, upstreams)
+    stalled = StalledWebSockets(args, soak, upstreams)
+    slowloris = Slowloris(args, soak)
     begin_logging(soak)
     duration = args.minutes * 60
     warmup = args.warmup if args.warmup is not None else min(60.0, duration * 0.2)
@@ -757,7 +1328,11 @@ async def run(args: argparse.Namespace) -> int:
     control = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, False)))
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = args.concurrency
-    pool.cachedConnectionTimeout = 10
+    # The gateway closes a kept-alive connection idle for header_timeout_s;
+    # a pool that kept it longer would race that close with a new POST
+    # (which is not retried).  Drop idle connections first, as a client
+    # must.
+    pool.cachedConnectionTimeout = min(10.0, args.header_timeout / 2)
     client = HTTPClient(Agent(reactor, pool=pool, connectTimeout=5))
     stats: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
@@ -773,16 +1348,17 @@ async def run(args: argparse.Namespace) -> int:
 
     dog = reactor.callLater(hard_limit, watchdog)
 
-    async def metrics() -> tuple[float | None, Counter[tuple[str, str]]]:
+    async def metrics() -> tuple[float | None, Counter[tuple[str, str]], Counter[str]]:
         response = await control.get(soak.base + "/metrics").addTimeout(10, reactor)
         return parse_metrics(await response.text())
 
     try:
         await upstreams.start()
         config = work / "pylon.toml"
-        config.write_text(gateway_config(upstreams.fakes))
+        config.write_text(gateway_config(upstreams.fakes, args.header_timeout))
         port = free_port()
         soak.base = f"http://127.0.0.1:{port}"
+        stalled.port = slowloris.port = port
         gateway.start(work, config, port, args.gateway_backlog)
 
         async def healthy() -> bool:
@@ -811,7 +1387,11 @@ async def run(args: argparse.Namespace) -> int:
         tcp_before = tcp_counters()
         began = time.monotonic()
         load_until = began + duration
-        peak = {"fds": stats["start"]["fds"], "in_flight": 0.0}
+        peak = {
+            "fds": stats["start"]["fds"],
+            "in_flight": 0.0,
+            "rss": stats["start"]["rss"],
+        }
         progress_every = min(30.0, max(5.0, duration / 10))
 
         async def sampler() -> None:
@@ -825,7 +1405,9 @@ async def run(args: argparse.Namespace) -> int:
                     soak.stopping = True
                     return
                 s = proc_stats(gateway.pid)
+                stalled.sample_queues()
                 peak["fds"] = max(peak["fds"], s["fds"])
+                peak["rss"] = max(peak["rss"], s["rss"])
                 peak["in_flight"] = max(peak["in_flight"], soak.in_flight)
                 if "warm" not in stats and now - began >= warmup:
                     stats["warm"] = s
@@ -865,6 +1447,8 @@ async def run(args: argparse.Namespace) -> int:
                 except Exception:
                     took = 10.0
                 soak.probes.append(took)
+                if soak.slowloris_active:
+                    soak.slowloris_probes.append(took)
                 if took > 1.0:
                     soak.slow_probes.append((t - began, took))
                 await deferLater(reactor, 1.0, lambda: None)
@@ -876,11 +1460,20 @@ async def run(args: argparse.Namespace) -> int:
                 ensureDeferred(prober()),
             ]
         )
+        hardening = gatherResults(
+            [
+                ensureDeferred(stalled.run(load_until)),
+                ensureDeferred(slowloris.run(began, load_until)),
+            ]
+        )
         workers = [
             ensureDeferred(soak.worker(client, load_until))
             for _ in range(args.concurrency)
         ]
         await gatherResults(workers)
+        # The stalled sockets end by the end of the load; then each one's
+        # upstream requests get release_timeout to end.
+        await hardening
         load_end = time.monotonic()
         timings["load"] = load_end - began
         stats["load_end"] = proc_stats(gateway.pid)
@@ -899,11 +1492,12 @@ async def run(args: argparse.Namespace) -> int:
 
         async def settled() -> bool:
             upstreams.sweep()
-            in_flight, totals = await metrics()
+            in_flight, totals, ws_totals = await metrics()
             s = proc_stats(gateway.pid)
             settle.update(
                 in_flight=in_flight,
                 totals=totals,
+                ws_totals=ws_totals,
                 fds=s["fds"],
                 upstream_connections=upstreams.connections(),
                 upstream_open=len(upstreams.open),
@@ -911,6 +1505,7 @@ async def run(args: argparse.Namespace) -> int:
             return (
                 in_flight == 0
                 and totals == soak.server_expect
+                and sum(ws_totals.values()) == stalled.completions
                 and s["fds"] <= stats["start"]["fds"] + args.fd_slack
                 and settle["upstream_connections"] == 0
                 and not upstreams.open
@@ -939,6 +1534,11 @@ async def run(args: argparse.Namespace) -> int:
         lost = soak.sent - soak.done
         if lost:
             failures.append(f"{lost} requests sent got no outcome")
+        if soak.resent > max(10, soak.sent // 100):
+            failures.append(
+                f"{soak.resent} requests had to be sent again (more than 1%): "
+                "the gateway closes kept-alive connections as requests arrive"
+            )
         n_unexpected = sum(soak.unexpected.values())
         if n_unexpected:
             failures.append(f"{n_unexpected} requests had an unexpected outcome")
@@ -967,6 +1567,12 @@ async def run(args: argparse.Namespace) -> int:
                     f"{settle['upstream_open']} upstream requests never ended "
                     f"({dict(Counter(k for k, _, _ in upstreams.open))})"
                 )
+            ws_counted = sum(settle.get("ws_totals", Counter()).values())
+            if ws_counted != stalled.completions:
+                failures.append(
+                    f"the gateway counted {ws_counted} {WS_ROUTE} requests, "
+                    f"the stalled sockets sent {stalled.completions}"
+                )
         not_cancelled = upstreams.finished["client_cancel"]
         if not_cancelled:
             failures.append(
@@ -979,6 +1585,12 @@ async def run(args: argparse.Namespace) -> int:
                 f"RSS grew {growth:.1f} MiB after the warm-up "
                 f"(limit {args.max_rss_growth_mib:g})"
             )
+        if stats["settled"]["rss"] > args.max_rss_ratio * stats["warm"]["rss"]:
+            failures.append(
+                f"RSS after the load {stats['settled']['rss']:.1f} MiB > "
+                f"{args.max_rss_ratio:g} x warm {stats['warm']['rss']:.1f} MiB"
+            )
+        failures.extend(hardening_failures(stalled, slowloris, args))
         if code != 0:
             failures.append(f"the gateway's exit after SIGTERM: {code}")
         log_counts = scan_logs(work)
@@ -987,8 +1599,19 @@ async def run(args: argparse.Namespace) -> int:
                 failures.append(f"the gateway logged {key!r} {log_counts[key]} times")
         if soak.log_errors:
             failures.append(f"{len(soak.log_errors)} errors logged in the soak process")
+        if log_counts["canary key"]:
+            failures.append(
+                f"the client key of the WebSocket canary handshake is in the gateway "
+                f"log ({log_counts['canary key']} lines)"
+            )
+        if log_counts["prompt"]:
+            failures.append(
+                f"a prompt of the soak is in the gateway log ({log_counts['prompt']} "
+                "lines)"
+            )
 
         report(soak, upstreams, stats, peak, timings, settle, code, log_counts, args)
+        report_hardening(soak, stalled, slowloris, upstreams, stats, peak, settle, args)
         dog.cancel()
         print()
         if failures:
@@ -1005,6 +1628,7 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         soak.stopping = True
+        stalled.close_all()
         if dog.active():
             dog.cancel()
         if gateway.alive:
@@ -1017,14 +1641,154 @@ async def run(args: argparse.Namespace) -> int:
         await upstreams.stop()
 
 
+def hardening_failures(
+    stalled: StalledWebSockets, slowloris: Slowloris, args: argparse.Namespace
+) -> list[str]:
+    """
+    What the WebSocket clients that never read and the slowloris batches
+    found wrong.
+    """
+    failures = []
+    if args.ws_sockets > 0 and not stalled.opened:
+        failures.append("no WebSocket client that never reads got connected")
+    if stalled.handshake_failures:
+        failures.append(
+            f"{sum(stalled.handshake_failures.values())} WebSocket handshakes "
+            f"failed: {dict(stalled.handshake_failures)}"
+        )
+    if stalled.unreleased:
+        failures.append(
+            f"{stalled.unreleased} upstream requests of WebSocket clients that "
+            f"never read had not ended {args.release_timeout:g} s after their "
+            f"socket closed (e.g. {', '.join(stalled.unreleased_examples)})"
+        )
+    sl = slowloris.summary()
+    if args.slowloris > 0 and not sl["batches"]:
+        failures.append("no slowloris batch ran (the load was too short)")
+    if sl["not_closed"]:
+        failures.append(
+            f"{sl['not_closed']} of {sl['connections']} slowloris connections "
+            f"were still open {args.header_timeout + args.slowloris_grace:g} s "
+            f"after connecting (header_timeout_s = {args.header_timeout:g})"
+        )
+    if sl["connect_failures"]:
+        failures.append(
+            f"{sum(sl['connect_failures'].values())} slowloris connections "
+            f"failed to connect: {dict(sl['connect_failures'])}"
+        )
+    return failures
+
+
+def report_hardening(
+    soak: Soak,
+    stalled: StalledWebSockets,
+    slowloris: Slowloris,
+    upstreams: Upstreams,
+    stats: dict[str, dict[str, float]],
+    peak: dict[str, float],
+    settle: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    mib = 1 << 20
+    print()
+    by_gw = stalled.closed_by_gateway
+    print(
+        f"WebSocket clients that never read ({args.ws_sockets} at a time, "
+        f"{args.ws_completions} completions of {args.ws_reply_mib:g} MiB each): "
+        f"{stalled.opened} sockets, {stalled.completions} completions; closed by "
+        f"the client {stalled.closed_by_client}, by the gateway {len(by_gw)}"
+        + (f" (after {_pct(by_gw, 0.5):.0f} s median)" if by_gw else "")
+        + (
+            f"; handshakes failed {dict(stalled.handshake_failures)}"
+            if stalled.handshake_failures
+            else ""
+        )
+    )
+    ws_totals = settle.get("ws_totals") or Counter()
+    print(f"  canary handshake with a client key: {stalled.canary_status or '-'}")
+    print(
+        f"  upstream requests: {upstreams.total[LARGE]}; ended after their "
+        f"socket went {stalled.released} (p50 {_pct(stalled.release_after, 0.5):.1f} "
+        f"s, max {max(stalled.release_after, default=0):.1f} s), not ended "
+        f"{stalled.unreleased}, never sent upstream {stalled.never_upstream}; "
+        f"cancelled by the gateway {upstreams.disconnected[LARGE]}, ran to the "
+        f"end {upstreams.finished[LARGE]}"
+    )
+    print(
+        f"  gateway counted {sum(ws_totals.values())} {WS_ROUTE} requests "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(ws_totals.items())) or 'none'});"
+        f" peak bytes from their upstreams left unread by the gateway "
+        f"{stalled.peak_unread / mib:.1f} MiB (it grows while they are paused), "
+        "peak "
+        f"unsent to the stalled clients in its kernel "
+        f"{stalled.peak_unsent / mib:.1f} MiB"
+    )
+    sl = slowloris.summary()
+    lat = sl["latencies"]
+    closed = (
+        f"closed by the gateway {len(lat)}, after p50 {_pct(lat, 0.5):.1f} s, "
+        f"max {max(lat):.1f} s"
+        if lat
+        else "none closed by the gateway"
+    )
+    print(
+        f"slowloris: {sl['batches']} batches of {args.slowloris} at "
+        f"{', '.join(f'{t:.0f}' for t in slowloris.began_at) or '-'} s, "
+        f"{sl['connections']} connected; {closed} (header_timeout_s "
+        f"{args.header_timeout:g}); still open at "
+        f"{args.header_timeout + args.slowloris_grace:g} s: {sl['not_closed']}"
+    )
+    print(
+        "  the gateway's answers: "
+        + (", ".join(f"{k!r} {v}" for k, v in sl["replies"].most_common(4)) or "-")
+        + (
+            f"; connect failures {dict(sl['connect_failures'])}"
+            if sl["connect_failures"]
+            else ""
+        )
+    )
+    print(
+        f"  normal load during the batches: {soak.slowloris_done} requests ended, "
+        f"{soak.slowloris_unexpected} unexpected; /healthz p50 "
+        f"{_pct(soak.slowloris_probes, 0.5) * 1000:.0f} ms, max "
+        f"{max(soak.slowloris_probes, default=0) * 1000:.0f} ms"
+    )
+    warm, end = stats["warm"]["rss"], stats["settled"]["rss"]
+    print(
+        f"RSS: warm {warm:.1f} MiB, end {end:.1f} MiB ({end / warm:.2f} x warm, "
+        f"limit {args.max_rss_ratio:g}), peak sampled {peak['rss']:.1f} MiB; "
+        f"open fds: before the load {stats['start']['fds']:.0f}, end "
+        f"{stats['settled']['fds']:.0f} (slack {args.fd_slack}); "
+        f"pylon_streams_in_flight at the end {settle.get('in_flight')}"
+    )
+
+
 def scan_logs(work: Path) -> Counter[str]:
+    """
+    Count the gateway log's lines, the alarming ones (outside debug
+    events), and those holding the canary key or a prompt of the soak.
+    """
     counts: Counter[str] = Counter()
+    level = "info"
     for path in sorted(work.glob("gateway.log*")):
         with open(path, errors="replace") as f:
             for line in f:
                 counts["lines"] += 1
+                m = LOG_EVENT.match(line)
+                if m:
+                    level = m.group(1)  # continuation lines keep the level
+                    if level == "debug":
+                        counts["debug events"] += 1
                 if "pylon_ai.requests#info]" in line:
                     counts["request lines"] += 1
+                if CANARY in line:
+                    counts["canary key"] += 1
+                if "soak #" in line or "wsoak " in line:
+                    counts["prompt"] += 1
+                if level == "debug":
+                    # A library's chatter ("Traceback (failure with no
+                    # frames): ConnectionLost" on a client that left).
+                    continue
                 for key in ("Traceback", "Unhandled", "Unexpected failure"):
                     if key in line:
                         counts[key] += 1
@@ -1032,6 +1796,10 @@ def scan_logs(work: Path) -> Counter[str]:
                     if level in line:
                         counts[level] += 1
     return counts
+
+
+#: The start of a log event's first line: C{<time> [<namespace>#<level>]}.
+LOG_EVENT = re.compile(r"^\d{4}-\d\d-\d\dT\S+ \[[^\]]*#(\w+)\]")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -1063,7 +1831,8 @@ def report(
     print(
         f"requests: sent {soak.sent}, done {soak.done}, lost {soak.sent - soak.done}; "
         f"{soak.done / load:.0f}/s; {soak.streams} streaming; "
-        f"peak in flight {peak['in_flight']:.0f}"
+        f"peak in flight {peak['in_flight']:.0f}; sent again after a kept-alive "
+        f"connection closed under them {soak.resent}"
     )
     print()
     print(
@@ -1181,7 +1950,9 @@ def report(
         f"SIGTERM: exit code {code} after {timings['exit']:.2f} s; gateway log: "
         f"{log_counts['lines']} lines ({log_counts['request lines']} request "
         f"lines), {log_counts['#warn]']} warnings, {log_counts['#error]']} errors, "
-        f"{log_counts['Traceback']} tracebacks"
+        f"{log_counts['Traceback']} tracebacks, {log_counts['debug events']} debug "
+        f"events; the canary key in {log_counts['canary key']} lines, prompts in "
+        f"{log_counts['prompt']}"
     )
 
 
@@ -1229,6 +2000,67 @@ def main() -> None:
         type=int,
         default=1024,
         help="listen backlog of the fake upstreams (0: Twisted's default, 50)",
+    )
+    parser.add_argument(
+        "--max-rss-ratio",
+        type=float,
+        default=1.10,
+        help="RSS after the load, once the pools idled out, at most this x warm",
+    )
+    parser.add_argument(
+        "--ws-sockets",
+        type=int,
+        default=4,
+        help="WebSocket clients that never read, open at a time (0: none)",
+    )
+    parser.add_argument(
+        "--ws-completions", type=int, default=6, help="completions per such socket"
+    )
+    parser.add_argument(
+        "--ws-reply-mib", type=float, default=4.0, help="size of their reply"
+    )
+    parser.add_argument(
+        "--ws-reply-seconds",
+        type=float,
+        default=60.0,
+        help="the upstream streams that reply over this long (more than a "
+        "socket lives, so every one must be cancelled)",
+    )
+    parser.add_argument(
+        "--ws-lifetime",
+        type=float,
+        nargs=2,
+        default=(5.0, 45.0),
+        metavar=("MIN", "MAX"),
+        help="seconds such a socket stays open before its client closes it",
+    )
+    parser.add_argument(
+        "--release-timeout",
+        type=float,
+        default=10.0,
+        help="seconds for a closed socket's upstream requests to end",
+    )
+    parser.add_argument(
+        "--slowloris",
+        type=int,
+        default=200,
+        help="connections per slowloris batch (0: none)",
+    )
+    parser.add_argument(
+        "--slowloris-every", type=float, default=60.0, help="seconds between batches"
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=2.0,
+        help="the gateway's header_timeout_s in the generated config",
+    )
+    parser.add_argument(
+        "--slowloris-grace",
+        type=float,
+        default=10.0,
+        help="seconds past the header deadline before an open slowloris "
+        "connection counts as never closed",
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-logs", action="store_true")
