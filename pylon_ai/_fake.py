@@ -7,17 +7,20 @@ The public names are re-exported by L{pylon_ai.testing}.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from attrs import define, field, frozen
+from zope.interface import implementer
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
+    IProtocolNegotiationFactory,
     IReactorTCP,
     IReactorTime,
 )
@@ -59,6 +62,39 @@ _STATUS_ERROR_TYPE: dict[int, str] = {
 _STATUS_ERROR_TYPE[503] = "overloaded_error"
 
 Format = Literal["anthropic", "openai"]
+
+#: What to install for C{tls=True}.
+_TLS_HINT = (
+    "FakeProvider(tls=True) needs trustme, from the test extra:"
+    " pip install 'pylon_ai[test]'"
+)
+
+
+def require_trustme() -> None:
+    """
+    Check that C{trustme} (needed for C{tls=True}) can be imported.
+
+    @raise ImportError: It cannot; the message says what to install.
+    """
+    try:
+        import trustme  # noqa: F401
+    except ImportError as e:
+        raise ImportError(_TLS_HINT, name="trustme") from e
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    C{host} as an IP address, or L{None} for a name.
+    """
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _is_ipv6(host: str) -> bool:
+    address = _address(host)
+    return address is not None and address.version == 6
 
 
 def _tuple(value: Sequence[Any]) -> tuple[Any, ...]:
@@ -183,6 +219,7 @@ class RecordedRequest:
         return isinstance(self.json, dict) and self.json.get("stream") is True
 
 
+@implementer(IProtocolNegotiationFactory)
 class _TrackingFactory(WrappingFactory):
     """
     Keep track of open connections, and tell waiters when none is left.
@@ -190,7 +227,16 @@ class _TrackingFactory(WrappingFactory):
 
     def __init__(self, site: Site) -> None:
         super().__init__(site)
+        self._site = site
         self._idle: list[Deferred[None]] = []
+
+    def acceptableProtocols(self) -> list[bytes]:
+        # Twisted's TLS answers every ALPN offer from the protocols of the
+        # factory it wraps (this one); with none it fails the handshake of
+        # clients that offer ALPN, as httpx (so the official SDKs) and curl
+        # do.  Offer the site's.
+        protocols: list[bytes] = self._site.acceptableProtocols()
+        return protocols
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         super().unregisterProtocol(p)
@@ -474,7 +520,7 @@ class _FakeResource(Resource):
 @define(eq=False)
 class FakeProvider:
     """
-    A scripted fake LLM provider on C{127.0.0.1}, for tests.
+    A scripted fake LLM provider, on C{127.0.0.1} by default, for tests.
 
     C{POST /v1/messages} (or any path ending in C{/messages}) is answered in
     Anthropic's Messages format; every other C{POST} path (so
@@ -487,7 +533,13 @@ class FakeProvider:
 
     @ivar reactor: Listens and connects (a real reactor).
     @ivar tls: Serve HTTPS with a certificate from a throwaway C{trustme} CA
-        (valid for C{localhost} and C{127.0.0.1}).
+        (valid for C{localhost}, C{127.0.0.1}, C{::1} and L{host}).  Needs
+        C{trustme}, from C{pip install 'pylon_ai[test]'}.
+    @ivar port: The TCP port to listen on; 0 (the default) lets the system
+        pick a free one, which L{listening_port} and L{base_url} report.
+    @ivar host: The IP address to listen on: C{127.0.0.1} by default (an
+        IPv6 address such as C{::1} works too).  Another interface than a
+        loopback one lets other machines reach the fake.
     @ivar clock: Schedules the delays of replies; the reactor if L{None}.  A
         L{twisted.internet.task.Clock} lets a test move time by hand.
     @ivar default_reply: Served when the queue is empty.
@@ -496,6 +548,8 @@ class FakeProvider:
 
     reactor: IReactorTCP
     tls: bool = field(default=False, kw_only=True)
+    port: int = field(default=0, kw_only=True)
+    host: str = field(default="127.0.0.1", kw_only=True)
     clock: IReactorTime | None = field(default=None, kw_only=True)
     default_reply: FakeReply = field(
         default=FakeReply(chunks=("Hello", " from", " the", " fake."), usage=(10, 4)),
@@ -504,7 +558,7 @@ class FakeProvider:
     requests: list[RecordedRequest] = field(factory=list, init=False)
     _queue: deque[FakeReply] = field(factory=deque, init=False)
     _factory: _TrackingFactory | None = field(default=None, init=False)
-    _port: IListeningPort | None = field(default=None, init=False)
+    _listener: IListeningPort | None = field(default=None, init=False)
     _exchanges: set[_Exchange] = field(factory=set, init=False)
     _pools: list[Any] = field(factory=list, init=False)
     _ca: trustme.CA | None = field(default=None, init=False)
@@ -512,36 +566,59 @@ class FakeProvider:
         factory=list, init=False
     )
 
+    def __attrs_post_init__(self) -> None:
+        # Say what is missing when the fake is made, not at the first
+        # request of a test.
+        if self.tls:
+            require_trustme()
+
     def start(self) -> Deferred[None]:
         """
-        Start listening on C{127.0.0.1}, on a free port.
+        Start listening on L{host} and L{port}.
 
-        @return: Fires when L{base_url} can be used.
+        @return: Fires when L{base_url} can be used, or fails with
+            L{twisted.internet.error.CannotListenError} (e.g. the port is
+            taken).
         """
-        from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+        from twisted.internet.endpoints import (
+            SSL4ServerEndpoint,
+            TCP4ServerEndpoint,
+            TCP6ServerEndpoint,
+        )
 
         site = Site(_FakeResource(self))
         site.displayTracebacks = False
         self._factory = _TrackingFactory(site)
-        endpoint: TCP4ServerEndpoint | SSL4ServerEndpoint
+        endpoint: TCP4ServerEndpoint | TCP6ServerEndpoint | SSL4ServerEndpoint
         if self.tls:
             import trustme
 
             self._ca = trustme.CA()
-            cert = self._ca.issue_cert("localhost", "127.0.0.1")
+            names = ["localhost", "127.0.0.1", "::1"]
+            address = _address(self.host)
+            if self.host not in names and not (address and address.is_unspecified):
+                names.append(self.host)
+            cert = self._ca.issue_cert(*names)
             from twisted.internet.ssl import PrivateCertificate
 
             options = PrivateCertificate.loadPEM(
                 cert.private_key_and_cert_chain_pem.bytes()
             ).options()
+            # SSL4ServerEndpoint takes IPv6 interfaces too: it only passes
+            # the address to listenSSL.
             endpoint = SSL4ServerEndpoint(
-                self.reactor, 0, options, interface="127.0.0.1"
+                self.reactor,
+                self.port,
+                options,
+                interface=self.host,
             )
+        elif _is_ipv6(self.host):
+            endpoint = TCP6ServerEndpoint(self.reactor, self.port, interface=self.host)
         else:
-            endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+            endpoint = TCP4ServerEndpoint(self.reactor, self.port, interface=self.host)
 
         def listening(port: IListeningPort) -> None:
-            self._port = port
+            self._listener = port
 
         return endpoint.listen(self._factory).addCallback(listening)
 
@@ -558,26 +635,46 @@ class FakeProvider:
             pool.closeCachedConnections() for pool in self._pools
         ]
         self._pools = []
-        if self._port is not None:
-            waits.append(maybeDeferred(self._port.stopListening))
-            self._port = None
+        if self._listener is not None:
+            waits.append(maybeDeferred(self._listener.stopListening))
+            self._listener = None
         if self._factory is not None:
             waits.append(self._factory.close_all())
         return gatherResults(waits).addCallback(lambda _: None)
 
     @property
-    def base_url(self) -> str:
+    def listening_port(self) -> int:
         """
-        C{http://127.0.0.1:PORT}, or C{https://localhost:PORT} with TLS.
+        The TCP port the fake listens on (the one the system picked when
+        L{port} is 0).
 
         @raise RuntimeError: The fake is not listening.
         """
-        if self._port is None:
+        if self._listener is None:
             raise RuntimeError("the fake provider is not started")
-        port = self._port.getHost().port  # type: ignore[attr-defined]
-        if self.tls:
-            return f"https://localhost:{port}"
-        return f"http://127.0.0.1:{port}"
+        port: int = self._listener.getHost().port  # type: ignore[attr-defined]
+        return port
+
+    @property
+    def base_url(self) -> str:
+        """
+        C{http://HOST:PORT}, or C{https://HOST:PORT} with TLS: with the
+        default host, C{http://127.0.0.1:PORT} or C{https://localhost:PORT}.
+        An unspecified host (C{0.0.0.0}, C{::}) is reached on loopback.
+
+        @raise RuntimeError: The fake is not listening.
+        """
+        port = self.listening_port
+        host = self.host
+        if host in ("0.0.0.0", "127.0.0.1"):
+            # The name the certificate gives for loopback, as clients write it.
+            host = "localhost" if self.tls else "127.0.0.1"
+        elif host == "::":
+            host = "[::1]"
+        elif _is_ipv6(host):
+            host = f"[{host}]"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{port}"
 
     @property
     def ca(self) -> trustme.CA:

@@ -4,18 +4,36 @@ Tests for L{pylon_ai.testing}: the fake provider, over real loopback sockets.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+import socket
+import ssl
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 from treq.client import HTTPClient
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import (
+    CannotListenError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.interfaces import IReactorTCP
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.ssl import Certificate
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -26,7 +44,32 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from pylon_ai.testing import FakeProvider, FakeReply, FakeToolCall
+import pylon_ai.testing
+from pylon_ai import AiMessage, AiProxyPlugin, make_http_client
+from pylon_ai._fake_cli import main
+from pylon_ai._fake_script import SCRIPT_HELP
+from pylon_ai.testing import (
+    FakeProvider,
+    FakeReply,
+    FakeScript,
+    FakeToolCall,
+    ScriptError,
+)
+
+
+def scratch_file(case: SynchronousTestCase) -> Path:
+    """
+    A path in a temporary directory removed after the test (not
+    C{case.mktemp()}: under pytest that writes into the working directory).
+    """
+    directory = tempfile.TemporaryDirectory(prefix="pylon-fake-")
+    case.addCleanup(directory.cleanup)
+    return Path(directory.name) / "file"
+
+
+#: The repository: the command-line tests run C{python -m pylon_ai.testing}
+#: from it, so that they use this tree's package.
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Body(Protocol):
@@ -480,6 +523,70 @@ class FakeProviderTests(TestCase):
         self.assertTrue(body.reason.check(ResponseFailed), body.reason)
         self.assertFalse(fake.requests[0].disconnected.called)
 
+    def free_port(self) -> int:
+        """
+        A port that nothing listens on now (the kernel's pick, released).
+        """
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        return port
+
+    async def test_fixed_port(self) -> None:
+        """
+        C{port=} names the port to listen on; L{FakeProvider.base_url} and
+        L{FakeProvider.listening_port} give it.
+        """
+        port = self.free_port()
+        fake = await self.start(port=port)
+        self.assertEqual(fake.listening_port, port)
+        self.assertTrue(
+            fake.base_url.endswith(
+                f"://{'localhost' if self.tls else '127.0.0.1'}:{port}"
+            )
+        )
+        response = await self.request("/v1/chat/completions", {"stream": True})
+        self.assertEqual(
+            openai_text((await self.body(response)).data), "Hello from the fake."
+        )
+
+    async def test_port_zero(self) -> None:
+        """
+        The default port 0 is a free port the system picks; the real one is
+        reported.
+        """
+        fake = await self.start()
+        self.assertEqual(fake.port, 0)
+        self.assertNotEqual(fake.listening_port, 0)
+        self.assertTrue(fake.base_url.endswith(f":{fake.listening_port}"))
+
+    async def test_port_in_use(self) -> None:
+        """
+        A port that is taken fails L{FakeProvider.start} with
+        L{CannotListenError}.
+        """
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            from twisted.internet import reactor
+
+            fake = FakeProvider(reactor, tls=self.tls, port=taken.getsockname()[1])
+            await self.assertFailure(fake.start(), CannotListenError)
+        self.assertRaises(RuntimeError, lambda: fake.base_url)
+
+    async def test_host(self) -> None:
+        """
+        C{host=} names the address to listen on (here another loopback
+        address); with TLS the certificate names it too.
+        """
+        fake = await self.start(host="127.0.0.2")
+        scheme = "https" if self.tls else "http"
+        self.assertEqual(fake.base_url, f"{scheme}://127.0.0.2:{fake.listening_port}")
+        response = await self.request("/v1/messages", {"stream": True})
+        self.assertEqual(
+            anthropic_text((await self.body(response)).data), "Hello from the fake."
+        )
+
     async def test_not_started(self) -> None:
         from twisted.internet import reactor
 
@@ -500,6 +607,29 @@ class TLSFakeProviderTests(FakeProviderTests):
         self.assertTrue(fake.base_url.startswith("https://localhost:"))
         self.assertIn("BEGIN CERTIFICATE", fake.ca.cert_pem.bytes().decode())
 
+    async def test_alpn_clients(self) -> None:
+        """
+        Clients that offer ALPN, as the official SDKs (httpx) and curl do,
+        get HTTP/1.1 rather than a failed handshake.
+        """
+        fake = await self.start()
+        fake.enqueue(FakeReply(chunks=["Over ", "TLS"]))
+        context = ssl.create_default_context(cadata=fake.ca.cert_pem.bytes().decode())
+
+        def ask() -> Any:
+            with openai.OpenAI(
+                base_url=fake.base_url + "/v1",
+                api_key="sk-test",
+                max_retries=0,
+                http_client=openai.DefaultHttpxClient(verify=context),
+            ) as client:
+                return client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}]
+                )
+
+        completion = await deferToThread(ask)
+        self.assertEqual(completion.choices[0].message.content, "Over TLS")
+
     async def test_untrusted(self) -> None:
         """
         A client that does not trust the test CA is refused.
@@ -511,3 +641,581 @@ class TLSFakeProviderTests(FakeProviderTests):
         failure = await self.assertFailure(requested, Exception)
         self.assertIn("certificate", repr(failure).lower())
         self.assertEqual(fake.requests, [])
+
+
+class TLSRequirementTests(SynchronousTestCase):
+    """
+    C{tls=True} needs C{trustme}, from the C{test} extra.
+    """
+
+    def test_without_trustme(self) -> None:
+        """
+        Without C{trustme}, C{FakeProvider(tls=True)} raises an
+        L{ImportError} that says what to install.
+        """
+        from twisted.internet import reactor
+
+        saved = sys.modules.get("trustme")
+        sys.modules["trustme"] = None  # type: ignore[assignment]
+
+        def restore() -> None:
+            if saved is None:
+                del sys.modules["trustme"]
+            else:
+                sys.modules["trustme"] = saved
+
+        self.addCleanup(restore)
+        error = self.assertRaises(ImportError, FakeProvider, reactor, tls=True)
+        self.assertIn("pip install 'pylon_ai[test]'", str(error))
+        self.assertIn("tls=True", str(error))
+        FakeProvider(reactor)  # plain HTTP needs nothing more
+
+
+#: The example script of the documentation.
+DOC_SCRIPT = {
+    "replies": [
+        {"chunks": ["Hel", "lo"], "usage": [10, 2]},
+        {
+            "tool_calls": [
+                {"id": "call_1", "name": "lookup", "arguments": {"q": "weather"}}
+            ]
+        },
+        {"status": 429, "retry_after": 1, "message": "slow down"},
+        {"chunks": ["a", "b", "c"], "chunk_delay": 0.5, "drop_after": 2},
+    ],
+    "default": {"chunks": ["Out of script."]},
+}
+
+
+class ScriptTests(SynchronousTestCase):
+    """
+    L{FakeScript}: the JSON script files of C{python -m pylon_ai.testing}.
+    """
+
+    def test_documented_example(self) -> None:
+        """
+        The example in the module's documentation parses to the replies it
+        describes, and the documentation holds the field reference that
+        C{--help} shows.
+        """
+        doc = pylon_ai.testing.__doc__
+        assert doc is not None
+        match = re.search(r"^( +)\{\n(.*?)^\1\}\n", doc, re.M | re.S)
+        assert match is not None, "no JSON example in the docstring"
+        self.assertEqual(json.loads(match.group(0)), DOC_SCRIPT)
+        for line in SCRIPT_HELP.strip().splitlines():
+            self.assertIn(line.strip(), doc)
+        script = FakeScript.from_json(DOC_SCRIPT)
+        self.assertEqual(
+            script.replies,
+            (
+                FakeReply(chunks=["Hel", "lo"], usage=(10, 2)),
+                FakeReply(
+                    tool_calls=[FakeToolCall("call_1", "lookup", ['{"q":"weather"}'])]
+                ),
+                FakeReply(status=429, retry_after=1, message="slow down"),
+                FakeReply(chunks=["a", "b", "c"], chunk_delay=0.5, drop_after=2),
+            ),
+        )
+        self.assertEqual(script.default, FakeReply(chunks=["Out of script."]))
+
+    def test_every_field(self) -> None:
+        """
+        Every field of L{FakeReply} can be scripted.
+        """
+        reply = {
+            "chunks": ["x"],
+            "tool_calls": [
+                {"id": "t1", "name": "f", "arguments_fragments": ['{"a"', ":1}"]},
+                {"id": "t2", "name": "g", "arguments": '{"b":2}'},
+            ],
+            "usage": None,
+            "stop_reason": "max_tokens",
+            "model": "m",
+            "status": 200,
+            "error_type": "overloaded_error",
+            "message": "busy",
+            "retry_after": "7",
+            "headers": {"x-one": "1"},
+            "first_byte_delay": 1,
+            "chunk_delay": 0.25,
+            "drop_after": None,
+            "stall_after": 3,
+            "stream_error": True,
+            "raw_body": "data: caf\u00e9\n\n",
+        }
+        [got] = FakeScript.from_json([reply]).replies
+        self.assertEqual(
+            got,
+            FakeReply(
+                chunks=["x"],
+                tool_calls=[
+                    FakeToolCall("t1", "f", ['{"a"', ":1}"]),
+                    FakeToolCall("t2", "g", ['{"b":2}']),
+                ],
+                usage=None,
+                stop_reason="max_tokens",
+                model="m",
+                error_type="overloaded_error",
+                message="busy",
+                retry_after="7",
+                headers={"x-one": "1"},
+                first_byte_delay=1.0,
+                chunk_delay=0.25,
+                stall_after=3,
+                stream_error=True,
+                raw_body="data: café\n\n".encode(),
+            ),
+        )
+        self.assertEqual(
+            FakeScript.from_json({"replies": [{"headers": [["a", "1"], ["a", "2"]]}]})
+            .replies[0]
+            .headers,
+            (("a", "1"), ("a", "2")),
+        )
+        empty = FakeScript.from_json({})
+        self.assertEqual((empty.replies, empty.default), ((), None))
+
+    def test_errors(self) -> None:
+        """
+        A script that is not valid raises L{ScriptError} (a L{ValueError})
+        naming the place of the mistake.
+        """
+        cases: list[tuple[Any, str]] = [
+            ("hello", "a script is a JSON object or a list of replies"),
+            ({"reply": []}, "unknown key 'reply'"),
+            ({"replies": {}}, "replies: expected a list of replies"),
+            ([{"chunk": ["a"]}], "replies[0]: unknown field 'chunk'"),
+            ([{}, "x"], "replies[1]: expected a JSON object"),
+            ([{"chunks": "abc"}], "replies[0].chunks: expected a list of strings"),
+            ([{"chunks": ["a", 1]}], "replies[0].chunks: expected a list of strings"),
+            (
+                [{"usage": [1]}],
+                "replies[0].usage: expected [input_tokens, output_tokens]",
+            ),
+            (
+                [{"usage": [1, -2]}],
+                "replies[0].usage: expected [input_tokens, output_tokens]",
+            ),
+            ([{"stop_reason": "stop"}], "replies[0].stop_reason: expected one of"),
+            ([{"status": "429"}], "replies[0].status: expected an HTTP status"),
+            ([{"status": 42}], "replies[0].status: expected an HTTP status"),
+            ([{"status": True}], "replies[0].status: expected an HTTP status"),
+            (
+                [{"chunk_delay": -1}],
+                "replies[0].chunk_delay: expected a number of seconds",
+            ),
+            (
+                [{"first_byte_delay": "1"}],
+                "replies[0].first_byte_delay: expected a number of seconds",
+            ),
+            ([{"drop_after": 1.5}], "replies[0].drop_after: expected a whole number"),
+            ([{"stall_after": -1}], "replies[0].stall_after: expected a whole number"),
+            ([{"stream_error": 1}], "replies[0].stream_error: expected true or false"),
+            (
+                [{"retry_after": [1]}],
+                "replies[0].retry_after: expected a number or a string",
+            ),
+            ([{"headers": {"a": 1}}], "replies[0].headers: expected"),
+            ([{"model": 3}], "replies[0].model: expected a string"),
+            ([{"message": None}], "replies[0].message: expected a string"),
+            ([{"raw_body": 3}], "replies[0].raw_body: expected a string"),
+            ([{"tool_calls": [{"id": "a"}]}], "replies[0].tool_calls[0]: expected"),
+            (
+                [{"tool_calls": [{"id": "a", "name": "f", "arguments": 3}]}],
+                "replies[0].tool_calls[0].arguments: expected a JSON object",
+            ),
+            (
+                [
+                    {
+                        "tool_calls": [
+                            {
+                                "id": "a",
+                                "name": "f",
+                                "arguments": "{}",
+                                "arguments_fragments": [],
+                            }
+                        ]
+                    }
+                ],
+                "replies[0].tool_calls[0]: give arguments or arguments_fragments",
+            ),
+            (
+                [{"tool_calls": [{"id": "a", "name": "f", "extra": 1}]}],
+                "replies[0].tool_calls[0]: unknown field 'extra'",
+            ),
+            ({"default": []}, "default: expected a JSON object"),
+        ]
+        for data, expected in cases:
+            with self.subTest(data=data):
+                error = self.assertRaises(ScriptError, FakeScript.from_json, data)
+                self.assertIsInstance(error, ValueError)
+                self.assertIn(expected, str(error))
+
+    def test_files(self) -> None:
+        """
+        L{FakeScript.from_file} reads a UTF-8 JSON file; a missing file, a
+        file that is not JSON and a bad script raise L{ScriptError} naming
+        the file.
+        """
+        path = scratch_file(self)
+        path.write_text(json.dumps(DOC_SCRIPT), encoding="utf-8")
+        self.assertEqual(
+            FakeScript.from_file(str(path)), FakeScript.from_json(DOC_SCRIPT)
+        )
+        missing = str(path) + ".missing"
+        error = self.assertRaises(ScriptError, FakeScript.from_file, missing)
+        self.assertIn(missing, str(error))
+        self.assertIn("cannot read", str(error))
+        for text, expected in [
+            ("{", "not JSON"),
+            ('{"replies": [{"chunk_delay": NaN}]}', "not JSON"),
+            ('[{"usage": 3}]', "replies[0].usage"),
+        ]:
+            path.write_text(text, encoding="utf-8")
+            error = self.assertRaises(ScriptError, FakeScript.from_file, str(path))
+            self.assertIn(str(path), str(error))
+            self.assertIn(expected, str(error))
+            self.assertNotIn("\n", str(error))
+
+    def test_enqueue(self) -> None:
+        """
+        L{FakeScript.install} queues the replies on a provider and sets its
+        default reply when the script has one.
+        """
+        from twisted.internet import reactor
+
+        fake = FakeProvider(reactor)
+        builtin = fake.default_reply
+        FakeScript.from_json([{"chunks": ["a"]}]).install(fake)
+        self.assertEqual(fake.default_reply, builtin)
+        FakeScript.from_json(DOC_SCRIPT).install(fake)
+        self.assertEqual(fake.default_reply, FakeReply(chunks=["Out of script."]))
+        self.assertEqual(len(fake._queue), 5)
+
+
+class CommandLineArgumentTests(SynchronousTestCase):
+    """
+    The arguments of C{python -m pylon_ai.testing}, checked in this process.
+    """
+
+    def run_main(self, *argv: str) -> tuple[int | str | None, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        exit = self.assertRaises(SystemExit, main, list(argv))
+        return exit.code, out.getvalue(), err.getvalue()
+
+    def test_help(self) -> None:
+        """
+        C{--help} names the options and documents the script format.
+        """
+        code, out, err = self.run_main("--help")
+        self.assertEqual((code, err), (0, ""))
+        for word in ["--port", "--host", "--tls", "--script", "--ca-file"]:
+            self.assertIn(word, out)
+        for line in SCRIPT_HELP.strip().splitlines():
+            self.assertIn(line.strip(), out)
+
+    def test_bad_arguments(self) -> None:
+        """
+        Bad arguments exit with status 2 and one line on standard error.
+        """
+        for argv, expected in [
+            (["--port", "x"], "--port"),
+            (["--port", "70000"], "--port"),
+            (["--port", "-1"], "--port"),
+            (["--nope"], "--nope"),
+            (["extra"], "extra"),
+            (["--host", ""], "--host"),
+            (["--ca-file", "x.pem"], "--ca-file needs --tls"),
+        ]:
+            with self.subTest(argv=argv):
+                code, out, err = self.run_main(*argv)
+                self.assertEqual(code, 2)
+                self.assertEqual(out, "")
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertTrue(err.startswith("pylon_ai.testing: "), err)
+                self.assertIn(expected, err)
+
+    def test_bad_script(self) -> None:
+        """
+        A missing or invalid script file exits with status 2 and one line
+        naming the file and the mistake.
+        """
+        path = scratch_file(self)
+        path.write_text('{"replies": [{"status": "oops"}]}', encoding="utf-8")
+        for argv, expected in [
+            (["--script", str(path)], "replies[0].status"),
+            (["--script", str(path) + ".missing"], "cannot read"),
+        ]:
+            code, out, err = self.run_main(*argv)
+            self.assertEqual((code, out), (2, ""))
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn(argv[1], err)
+            self.assertIn(expected, err)
+
+    def test_tls_without_trustme(self) -> None:
+        """
+        C{--tls} without C{trustme} exits with status 1 and one line saying
+        what to install.
+        """
+        saved = sys.modules.get("trustme")
+        sys.modules["trustme"] = None  # type: ignore[assignment]
+
+        def restore() -> None:
+            if saved is None:
+                del sys.modules["trustme"]
+            else:
+                sys.modules["trustme"] = saved
+
+        self.addCleanup(restore)
+        code, out, err = self.run_main("--tls")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn("pip install 'pylon_ai[test]'", err)
+
+
+class Running(ProcessProtocol):
+    """
+    C{python -m pylon_ai.testing} in a child process: its first line of
+    output, its standard error and its end.
+    """
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.line: Deferred[str] = Deferred()
+        self.ended: Deferred[ProcessDone | ProcessTerminated] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        if b"\n" in self.out and not self.line.called:
+            self.line.callback(self.out.split(b"\n", 1)[0].decode("utf-8"))
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.line.called:
+            self.line.errback(
+                AssertionError(f"exited before its line: {self.err.decode()!r}")
+            )
+        # The value, not the failure: a Failure given to callback() would
+        # fire the errbacks.
+        self.ended.callback(reason.value)
+
+
+#: The line C{python -m pylon_ai.testing} prints once it listens.
+LISTENING = re.compile(
+    r"^pylon_ai\.testing: fake provider listening on (?P<url>https?://\S+:(?P<port>\d+))"
+    r" \(OpenAI: /v1/chat/completions, Anthropic: /v1/messages\)"
+    r"(?:; CA certificate: (?P<ca>\S+))?; Ctrl-C to stop$"
+)
+
+
+class CommandLineTests(TestCase):
+    """
+    C{python -m pylon_ai.testing} as a user runs it, in a child process.
+    """
+
+    timeout = 30
+
+    async def spawn(self, *argv: str) -> tuple[Running, re.Match[str]]:
+        """
+        Start the command and wait for the line that says where it listens.
+        """
+        from twisted.internet import reactor
+
+        running = Running()
+        args = [sys.executable, "-m", "pylon_ai.testing", *argv]
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
+            running, sys.executable, args, env=dict(os.environ), path=str(ROOT)
+        )
+
+        async def end() -> None:
+            try:
+                process.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+            await running.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(end()))
+        self.process = process
+        line = await running.line
+        match = LISTENING.match(line)
+        assert match is not None, line
+        return running, match
+
+    async def stop(self, running: Running, how: str = "TERM") -> None:
+        """
+        Signal the command and check that it exits with status 0.
+        """
+        self.process.signalProcess(how)
+        reason = await running.ended
+        self.assertEqual(
+            (reason.exitCode, reason.signal),
+            (0, None),
+            running.err.decode(),
+        )
+
+    async def test_serves_both_formats(self) -> None:
+        """
+        C{--port 0} prints the real port; the official SDKs get the default
+        reply in both formats; each request is noted on standard error;
+        SIGTERM ends the command with status 0.
+        """
+        running, match = await self.spawn("--port", "0")
+        url = match["url"]
+        self.assertNotEqual(int(match["port"]), 0)
+        self.assertTrue(url.startswith("http://127.0.0.1:"))
+        self.assertIsNone(match["ca"])
+
+        def chat() -> str:
+            with openai.OpenAI(
+                base_url=url + "/v1", api_key="sk-test", max_retries=0
+            ) as client:
+                stream = client.chat.completions.create(
+                    model="gpt-x",
+                    messages=[{"role": "user", "content": "hi"}],
+                    stream=True,
+                )
+                return "".join(
+                    c.choices[0].delta.content or "" for c in stream if c.choices
+                )
+
+        def message() -> str:
+            with anthropic.Anthropic(
+                base_url=url, api_key="sk-test", max_retries=0
+            ) as client:
+                reply = client.messages.create(
+                    model="claude-x",
+                    max_tokens=100,
+                    messages=[{"role": "user", "content": "hi"}],
+                )
+                return "".join(b.text for b in reply.content if b.type == "text")
+
+        self.assertEqual(await deferToThread(chat), "Hello from the fake.")
+        self.assertEqual(await deferToThread(message), "Hello from the fake.")
+        await self.stop(running)
+        err = running.err.decode()
+        self.assertIn("POST /v1/chat/completions model=gpt-x stream=true", err)
+        self.assertIn("POST /v1/messages model=claude-x stream=false", err)
+        self.assertNotIn("sk-test", err)
+
+    async def test_script(self) -> None:
+        """
+        C{--script} serves the scripted replies in order, then the script's
+        default; SIGINT (Ctrl-C) ends the command with status 0.
+        """
+        path = scratch_file(self)
+        path.write_text(
+            json.dumps(
+                {
+                    "replies": [
+                        {"chunks": ["Scrip", "ted"], "model": "up"},
+                        {"status": 429, "message": "slow down", "retry_after": 1},
+                    ],
+                    "default": {"chunks": ["Again"]},
+                }
+            ),
+            encoding="utf-8",
+        )
+        running, match = await self.spawn("--port", "0", "--script", str(path))
+        client = openai.OpenAI(
+            base_url=match["url"] + "/v1", api_key="sk-test", max_retries=0
+        )
+        self.addCleanup(client.close)
+
+        def ask() -> Any:
+            return client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+
+        first = await deferToThread(ask)
+        self.assertEqual(
+            (first.choices[0].message.content, first.model), ("Scripted", "up")
+        )
+        failed = await self.assertFailure(deferToThread(ask), openai.RateLimitError)
+        self.assertIn("slow down", str(failed))
+        for _ in range(2):
+            again = await deferToThread(ask)
+            self.assertEqual(again.choices[0].message.content, "Again")
+        await self.stop(running, "INT")
+
+    async def test_tls(self) -> None:
+        """
+        C{--tls} serves HTTPS and writes the CA certificate to the file it
+        names; a client that trusts that file gets the reply.  The temporary
+        file is removed at exit.
+        """
+        running, match = await self.spawn("--port", "0", "--tls")
+        self.assertTrue(match["url"].startswith("https://localhost:"))
+        ca = Path(match["ca"])
+        pem = ca.read_bytes()
+        self.assertIn(b"BEGIN CERTIFICATE", pem)
+        from twisted.internet import reactor
+
+        client = make_http_client(
+            reactor, trust_root=Certificate.loadPEM(pem), persistent=False
+        )
+        plugin = AiProxyPlugin.openai(
+            "sk-test", "gpt-x", base_url=match["url"], http_client=client
+        )
+        chunks: list[str] = []
+        text = await plugin.stream_completion([AiMessage.user("hi")], chunks.append)
+        self.assertEqual(text, "Hello from the fake.")
+        self.assertEqual(len(chunks), 4)
+        await self.stop(running)
+        self.assertFalse(ca.exists())
+
+    async def test_tls_ca_file(self) -> None:
+        """
+        C{--ca-file} writes the CA certificate where it says, and leaves it
+        there at exit.
+        """
+        path = scratch_file(self)
+        running, match = await self.spawn(
+            "--port", "0", "--tls", "--ca-file", str(path)
+        )
+        self.assertEqual(Path(match["ca"]), path.resolve())
+        self.assertIn(b"BEGIN CERTIFICATE", path.read_bytes())
+        await self.stop(running)
+        self.assertTrue(path.exists())
+
+    async def test_port_in_use(self) -> None:
+        """
+        A port that is taken ends the command with status 1 and one line.
+        """
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = str(taken.getsockname()[1])
+            out, err, code = await getProcessOutputAndValue(
+                sys.executable,
+                ["-m", "pylon_ai.testing", "--port", port],
+                env=dict(os.environ),
+                path=str(ROOT),
+            )
+        self.assertEqual((code, out), (1, b""))
+        self.assertEqual(err.count(b"\n"), 1, err)
+        self.assertIn(f"127.0.0.1:{port}".encode(), err)
+
+    async def test_bad_arguments(self) -> None:
+        """
+        The command itself exits with status 2 and one line on bad
+        arguments.
+        """
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "pylon_ai.testing", "--port", "nine"],
+            env=dict(os.environ),
+            path=str(ROOT),
+        )
+        self.assertEqual((code, out), (2, b""))
+        self.assertEqual(err.count(b"\n"), 1, err)
+        self.assertIn(b"--port", err)
