@@ -30,7 +30,6 @@ from pylon_ai._errors import (
     ProviderTimeout,
     ProviderTLSError,
 )
-from pylon_ai._upstream import StreamCall
 
 if TYPE_CHECKING:
     from pylon_ai._gateway import Gateway
@@ -155,9 +154,6 @@ class Attempts:
         call = backend.open(
             body, self._on_event, passthrough, self._started, self._on_flush
         )
-        if isinstance(call, StreamCall):
-            # The response has not arrived yet: the bound applies to it.
-            call.max_event_length = self._gateway.config.server.max_event_bytes
         self._call = call
         call.deferred.addCallbacks(
             self._succeeded,

@@ -67,6 +67,7 @@ class Backend:
         self._client = http_client
         self._timeout = config.timeout_s or server.upstream_timeout_s
         self._max_line = server.max_line_bytes
+        self._max_event = server.max_event_bytes
         self.in_flight = 0
         #: Consecutive failures, and until when the deployment rests.
         self.failures = 0
@@ -178,6 +179,7 @@ class Backend:
                 label=self.label,
                 timeout=self._timeout,
                 max_line_length=self._max_line,
+                max_event_length=self._max_event,
                 on_sse=on_sse,
                 first_byte_timeout=self.config.first_byte_timeout_s,
                 request_timeout=self.config.request_timeout_s,

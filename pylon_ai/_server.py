@@ -379,6 +379,13 @@ class _Completions(_Base):
         except TranslationError as e:
             self._refuse(request, ApiError(400, e.message, e.param))
             return NOT_DONE_YET
+        if body["model"] not in self.gateway.backends:
+            # Answered before the limits: a mistyped name spends no quota.
+            self._refuse(
+                request,
+                ApiError(404, f"model {body['model']!r} is not configured", "model"),
+            )
+            return NOT_DONE_YET
         release = self.gateway.limits.admit(presented_key(request) or "")
         if isinstance(release, ApiError):
             self._refuse(request, release)

@@ -347,6 +347,13 @@ class _Session:
             raise _RequestError(f"unknown fields: {', '.join(unknown)}")
         body = _request_body(message)
         model = body["model"]
+        if model not in self._gateway.backends:
+            # Before the limits: a mistyped name spends no quota.
+            self._error(
+                request_id, "not_found_error", f"model {model!r} is not configured"
+            )
+            self._gateway.metrics.requests.labels(ROUTE, "unknown", "404").inc()
+            return
         completion = _Completion(
             request_id,
             model if model in self._gateway.backends else "unknown",

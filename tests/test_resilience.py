@@ -469,3 +469,23 @@ class LimitTests(_Case):
         wait = int(headers.getRawHeaders(b"retry-after")[0])
         self.assertTrue(55 <= wait <= 60, wait)
         self.assertEqual((await self.post_key(url, "k2"))[0], 200)
+
+    async def test_unknown_model_spends_no_quota(self) -> None:
+        """
+        A request for a model that is not configured is a 404 answered
+        before the limits: it does not count against the key's rate.
+        """
+        fake, url = await self.limited(
+            {"api_keys": ["k1"], "requests_per_minute_per_key": 1}
+        )
+        fake.enqueue(FakeReply(chunks=["x"]))
+        for _ in range(3):
+            d: Deferred[Any] = self.http.post(
+                url + CHAT,
+                data=json.dumps({"model": "nope", "messages": HI}).encode(),
+                headers={"content-type": "application/json", "x-api-key": "k1"},
+            )
+            response = await d.addTimeout(15, reactor)
+            await treq.content(response)
+            self.assertEqual(response.code, 404)
+        self.assertEqual((await self.post_key(url, "k1"))[0], 200)
