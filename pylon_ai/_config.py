@@ -60,6 +60,8 @@ class ServerConfig:
     max_reply_bytes: int = 16 * MB
     #: Seconds a client has to send its request line and headers.
     header_timeout_s: float = 10.0
+    #: Seconds a kept-alive connection may wait for its next request.
+    keepalive_timeout_s: float = 60.0
     #: Client connections open at once in this process (0: no limit);
     #: past it new ones get a 503 and are closed.
     max_connections: int = 4096
@@ -156,6 +158,7 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_event_bytes": int,
     "max_reply_bytes": int,
     "header_timeout_s": (int, float),
+    "keepalive_timeout_s": (int, float),
     "max_connections": int,
     "ws_pause_bytes": int,
     "ws_max_queued_bytes": int,
@@ -244,6 +247,7 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         "max_event_bytes",
         "max_reply_bytes",
         "header_timeout_s",
+        "keepalive_timeout_s",
         "ws_pause_bytes",
         "ws_max_queued_bytes",
     ):

@@ -103,22 +103,33 @@ TOO_MANY_CONNECTIONS = _plain_response(
 class GatewayChannel(HTTPChannel):
     """
     An C{HTTPChannel} that gives a client C{header_timeout} seconds to send
-    the request line and headers: from the connection's start, then from
-    the end of each request on a kept-alive connection.
+    the request line and headers: from the connection's start, then, on a
+    kept-alive connection, from the first byte of the next request.  A
+    kept-alive connection with no request begun is closed after
+    C{keepalive_timeout} seconds.
 
     Twisted's idle timeout restarts on every byte, so a client sending one
     byte a second holds a connection for ever; this deadline does not move.
     Once the headers are in there is no deadline: a long stream is fine.
 
     @ivar header_timeout: Seconds, or L{None} for no deadline.
+    @ivar keepalive_timeout: Seconds, or L{None} for no limit.
     """
 
     header_timeout: float | None = None
+    keepalive_timeout: float | None = None
     _header_call: IDelayedCall | None = None
+    #: Kept alive, between two requests: the next byte starts a request.
+    _between = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._await_headers()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._between:
+            self._await_headers()
+        super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self._stop_waiting()
@@ -127,7 +138,12 @@ class GatewayChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         # Before Twisted goes on: it parses a pipelined request at once.
         if self.persistent:
-            self._await_headers()
+            self._stop_waiting()
+            self._between = True
+            if self.keepalive_timeout:
+                self._header_call = self.callLater(
+                    self.keepalive_timeout, self._too_late
+                )
         super().requestDone(request)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -140,6 +156,7 @@ class GatewayChannel(HTTPChannel):
             self._header_call = self.callLater(self.header_timeout, self._too_late)
 
     def _stop_waiting(self) -> None:
+        self._between = False
         call, self._header_call = self._header_call, None
         if call is not None and call.active():
             call.cancel()

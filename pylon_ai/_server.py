@@ -590,6 +590,7 @@ class GatewaySite(Site):
         *,
         reactor: Any = None,
         header_timeout: float | None = None,
+        keepalive_timeout: float | None = None,
         max_connections: int = 0,
     ) -> None:
         """
@@ -597,6 +598,8 @@ class GatewaySite(Site):
             L{None}.
         @param header_timeout: Seconds a client has to send its request line
             and headers (see L{GatewayChannel}); L{None} for no limit.
+        @param keepalive_timeout: Seconds a kept-alive connection may wait
+            for its next request; L{None} for no limit.
         @param max_connections: Connections open at once (0: no limit); past
             it a new one gets a 503 and is closed.
         """
@@ -604,6 +607,7 @@ class GatewaySite(Site):
         # ~140 us a request (the email package).
         super().__init__(resource, parsePOSTFormSubmission=False, reactor=reactor)
         self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.max_connections = max_connections
         self.upgraded: Callable[[], int] = lambda: 0
         self._connections: dict[int, Any] = {}
@@ -625,6 +629,7 @@ class GatewaySite(Site):
             return None
         channel = _channel(protocol)
         channel.header_timeout = self.header_timeout
+        channel.keepalive_timeout = self.keepalive_timeout
         key = id(channel)
         self._connections[key] = protocol
         lost = protocol.connectionLost
@@ -726,6 +731,7 @@ def make_site(gateway: Gateway, websocket: IResource | None = None) -> GatewaySi
         Root(gateway, websocket),
         reactor=gateway.clock,
         header_timeout=settings.header_timeout_s,
+        keepalive_timeout=settings.keepalive_timeout_s,
         max_connections=settings.max_connections,
     )
     site.requestFactory = type(  # type: ignore[assignment]

@@ -25,7 +25,7 @@ from twisted.internet.error import (
     ConnectionLost,
     DNSLookupError,
 )
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
@@ -380,6 +380,10 @@ class StreamCall:
         self._last_progress = 0.0
         self._request: Deferred[Any] | None = None
         self._body: Protocol | None = None
+        self._flow: _Flow | None = None
+        #: The client paused the upstream (it is not reading): the idle
+        #: timeout does not run meanwhile.
+        self.paused = False
         self._over = False
         self._headers: dict[str, str] | Headers = {}
 
@@ -441,7 +445,7 @@ class StreamCall:
     def _next_check(self) -> float:
         # Seconds from now until the earliest of the limits could expire.
         now = self._clock.seconds()
-        due = self._last_progress + self._timeout
+        due = (now if self.paused else self._last_progress) + self._timeout
         if self._first_byte_timeout is not None and not self._got_body:
             due = self._started_at + self._first_byte_timeout
         if self._request_timeout is not None:
@@ -460,7 +464,7 @@ class StreamCall:
                     f"within {self._first_byte_timeout:g} s"
                 )
             return None
-        if now - self._last_progress >= self._timeout:
+        if not self.paused and now - self._last_progress >= self._timeout:
             where = (
                 "waiting for the response" if self.response is None else "mid-stream"
             )
@@ -576,9 +580,10 @@ class StreamCall:
         The upstream body's C{IPushProducer} once the stream is flowing (for
         flow control towards a slow client), else L{None}.
         """
-        if isinstance(self._body, _UpstreamBody):
-            return self._body.transport
-        return None
+        if self._flow is None and isinstance(self._body, _UpstreamBody):
+            if self._body.transport is not None:
+                self._flow = _Flow(self, self._body.transport)
+        return self._flow
 
     def _emit(self, events: Iterable[ModelEvent] | None) -> None:
         for event in events or ():
@@ -636,3 +641,29 @@ class StreamCall:
                     "before the stream finished"
                 )
             )
+
+
+@implementer(IPushProducer)
+class _Flow:
+    """
+    The upstream body's producer as a slow client sees it: pausing it also
+    stops the idle timeout (the upstream is not silent, we stopped reading
+    it), and resuming starts the timeout afresh.
+    """
+
+    def __init__(self, call: StreamCall, transport: Any) -> None:
+        self._call = call
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self._call.paused = True
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._call.paused:
+            self._call.paused = False
+            self._call.progress()
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()

@@ -616,7 +616,9 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
     L{_Session}.
     """
 
-    log = Logger()
+    # Not "log": that would replace autobahn's own logger, whose debug
+    # lines hold the raw handshake (keys included).
+    _pylon_log = Logger()
 
     _pylon_session: _Session | None = None
     _pylon_flow: _SendFlow | None = None
@@ -692,7 +694,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
             transport.registerProducer(flow, True)
         except Exception:
-            self.log.failure("No flow control for a WebSocket client")
+            self._pylon_log.failure("No flow control for a WebSocket client")
             return
         self._pylon_flow = flow
 
@@ -703,7 +705,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
         try:
             session.message_received(payload)
         except Exception:
-            self.log.failure(
+            self._pylon_log.failure(
                 "Unexpected failure serving a message on {route}", route=ROUTE
             )
             self._pylon_close(CLOSE_INTERNAL, "internal error")
@@ -751,7 +753,7 @@ class GatewayWebSocketProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code, reason.encode("utf-8")[:123], isReply=False)
 
     def _pylon_overflow(self) -> None:
-        self.log.warn(
+        self._pylon_log.warn(
             "Closing a WebSocket client that does not read: more than "
             "{limit} bytes wait for it",
             limit=self._pylon_gateway.config.server.ws_max_queued_bytes,

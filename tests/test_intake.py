@@ -580,14 +580,22 @@ class _Hold(Resource):
 class HeaderDeadlineClockTests(SynchronousTestCase):
     """
     The request line and headers must be in within C{header_timeout_s} of
-    the connection opening or of the end of the previous request; after
-    that, the deadline does not apply.
+    the connection opening or of the first byte of a kept-alive connection's
+    next request; after that, the deadline does not apply.  A kept-alive
+    connection may wait C{keepalive_timeout_s} for its next request.
     """
 
     def setUp(self) -> None:
         self.clock = task.Clock()
         config = parse_config(
-            {"server": {"api_keys": ["k"], "header_timeout_s": 10}}, {}
+            {
+                "server": {
+                    "api_keys": ["k"],
+                    "header_timeout_s": 10,
+                    "keepalive_timeout_s": 30,
+                }
+            },
+            {},
         )
         self.gateway = Gateway(config, self.clock)
         self.site = make_site(self.gateway)
@@ -623,21 +631,36 @@ class HeaderDeadlineClockTests(SynchronousTestCase):
 
     def test_keep_alive(self) -> None:
         """
-        The deadline restarts at the end of each request; an idle
-        connection is closed without a response.
+        Between requests a kept-alive connection waits up to the keep-alive
+        timeout (longer than the header deadline: pools keep connections
+        idle for a while); an idle connection is closed without a response.
         """
         request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         self.clock.advance(9)
         self.protocol.dataReceived(request)
         self.assertIn(b"200 OK", self.transport.value())
-        self.clock.advance(9)
+        self.clock.advance(25)
         self.protocol.dataReceived(request)
         self.assertEqual(self.transport.value().count(b"200 OK"), 2)
-        self.clock.advance(9)
+        self.clock.advance(29.9)
         self.assertFalse(self.transport.disconnecting)
-        self.clock.advance(1.1)
+        self.clock.advance(0.2)
         self.assertTrue(self.transport.disconnecting)
         self.assertNotIn(b"408", self.transport.value())
+
+    def test_keep_alive_then_trickle(self) -> None:
+        """
+        The next request's first byte starts the header deadline again.
+        """
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        self.protocol.dataReceived(request)
+        self.clock.advance(20)
+        self.protocol.dataReceived(request[:5])
+        self.clock.advance(9.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.transport.value().endswith(b'request_timeout"}}'))
 
     def test_long_request(self) -> None:
         """
@@ -652,7 +675,7 @@ class HeaderDeadlineClockTests(SynchronousTestCase):
         request = self.hold.requests[0]
         request.write(b"done")
         request.finish()
-        self.clock.advance(9.9)
+        self.clock.advance(29.9)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(0.2)
         self.assertTrue(self.transport.disconnecting)

@@ -1058,3 +1058,42 @@ class TimeoutTests(_PluginTestsBase):
         self.assertIsInstance(error, ProviderTimeout)
         self.assertEqual(chunks.got, ["a"])
         await fake.requests[0].disconnected
+
+
+class PausedUpstreamTests(_PluginTestsBase):
+    """
+    A client that stops reading pauses the upstream through
+    C{StreamCall.producer}; the idle timeout does not run while it is
+    paused (the upstream is not silent: we stopped reading it).
+    """
+
+    async def test_pause_is_not_idle(self) -> None:
+        from twisted.web.http_headers import Headers
+
+        from pylon_ai._openai import OpenAIStreamDecoder, request_headers
+        from pylon_ai._upstream import StreamCall
+
+        clock, fake_clock = Clock(), Clock()
+        fake = await self.start(clock=fake_clock)
+        fake.enqueue(FakeReply(chunks=["a", "b"], chunk_delay=1))
+        got: list[Any] = []
+        call = StreamCall(
+            clock, OpenAIStreamDecoder(), got.append, label="fake", timeout=5
+        )
+        headers = Headers({k: [v] for k, v in request_headers("k").items()})
+        body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
+        call.start(
+            self.client, fake.base_url.encode() + b"/v1/chat/completions", headers, body
+        )
+        recorded = await fake.wait_for_request()
+        while call.producer is None:
+            await deferLater(self.reactor, 0, lambda: None)  # type: ignore[arg-type]
+        call.producer.pauseProducing()
+        clock.advance(60)  # paused far longer than the idle timeout
+        self.assertFalse(call.deferred.called)
+        call.producer.resumeProducing()
+        clock.advance(4.9)
+        self.assertFalse(call.deferred.called)
+        clock.advance(0.2)  # idle again, and not paused: it counts now
+        self.failureResultOf(call.deferred, ProviderTimeout)
+        await recorded.disconnected

@@ -512,3 +512,32 @@ class OverflowTests(_UpstreamMixin, TestCase):
                 [other.wait_type("done", "m1"), other.wait_type("done", "m2")]
             )
         )
+
+
+class HandshakeLogTests(_UpstreamMixin, TestCase):
+    """
+    The raw handshake (keys in its headers and query) never reaches a log
+    observer: autobahn's own debug lines hold it, and they must stay behind
+    its log level.
+    """
+
+    server = {"api_keys": [KEY]}
+
+    async def test_key_not_logged(self) -> None:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        emitted: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            emitted.append(formatEvent(event) + repr(sorted(map(str, event.values()))))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        client = await self.connect(
+            query=f"?api_key={KEY}", headers={"authorization": f"Bearer {KEY}"}
+        )
+        client.send_json(_completion("r1", "hi"))
+        await within(client.wait_type("done", "r1"))
+        self.assertTrue(emitted)
+        for text in emitted:
+            self.assertNotIn(KEY, text)
