@@ -18,10 +18,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from pylon_ai._config import Config, ConfigError, default_config, load_config
-from pylon_ai._gateway import Gateway
-from pylon_ai._server import make_site
-from pylon_ai._websocket import GatewayWebSocketFactory
+from pylon_ai.gateway._config import Config, ConfigError, default_config, load_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._server import make_site
+from pylon_ai.gateway._websocket import GatewayWebSocketFactory
 
 #: Where the configuration keys are described.
 CONFIG_REFERENCE = 'README.rst, section "The gateway service"'

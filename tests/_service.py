@@ -18,9 +18,9 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from pylon_ai._config import parse_config
-from pylon_ai._gateway import Gateway
-from pylon_ai._server import GatewaySite, make_site
+from pylon_ai.gateway._config import parse_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._server import GatewaySite, make_site
 from pylon_ai.testing import FakeProvider
 
 #: The key clients present.

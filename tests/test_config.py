@@ -1,5 +1,5 @@
 """
-Tests for L{pylon_ai._config} and the C{twistd pylon-ai} options.
+Tests for L{pylon_ai.gateway._config} and the C{twistd pylon-ai} options.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pylon_ai._config import ConfigError, load_config, parse_config
+from pylon_ai.gateway._config import ConfigError, load_config, parse_config
 from pylon_ai.tap import Options
 
 ANTHROPIC = {

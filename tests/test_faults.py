@@ -36,9 +36,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from pylon_ai._config import parse_config
-from pylon_ai._gateway import Gateway
-from pylon_ai._server import make_site
+from pylon_ai.gateway._config import parse_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._server import make_site
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:

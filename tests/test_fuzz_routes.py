@@ -24,9 +24,9 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pylon_ai._config import parse_config
-from pylon_ai._gateway import Gateway
-from pylon_ai._server import make_site
+from pylon_ai.gateway._config import parse_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._server import make_site
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:

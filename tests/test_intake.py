@@ -22,11 +22,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pylon_ai._config import parse_config
-from pylon_ai._gateway import Gateway
-from pylon_ai._intake import host_allowed
-from pylon_ai._server import GatewaySite, make_site
-from pylon_ai._websocket import make_websocket_resource
+from pylon_ai.gateway._config import parse_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._intake import host_allowed
+from pylon_ai.gateway._server import GatewaySite, make_site
+from pylon_ai.gateway._websocket import make_websocket_resource
 from pylon_ai.testing import FakeReply
 
 try:

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pylon_ai._apierrors import ApiError
-from pylon_ai._config import Config, ModelConfig, ServerConfig
-from pylon_ai._gateway import Gateway
-from pylon_ai._limits import WINDOW, Limits
+from pylon_ai.gateway._apierrors import ApiError
+from pylon_ai.gateway._config import Config, ModelConfig, ServerConfig
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._limits import WINDOW, Limits
 
 
 def admitted(result: Callable[[], None] | ApiError) -> Callable[[], None]:

@@ -43,8 +43,8 @@ from pylon_ai import (
     Usage,
     make_http_client,
 )
-from pylon_ai._fake import _TrackingFactory
 from pylon_ai.testing import FakeProvider, FakeReply, FakeToolCall
+from pylon_ai.testing._fake import _TrackingFactory
 
 KEY = "sk-secret-key-123"
 HELLO = [AiMessage.user("Hello")]

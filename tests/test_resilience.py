@@ -16,8 +16,6 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pylon_ai._attempts import classify
-from pylon_ai._config import parse_config
 from pylon_ai._errors import (
     ProviderConnectionError,
     ProviderError,
@@ -25,8 +23,10 @@ from pylon_ai._errors import (
     ProviderTimeout,
     ProviderTLSError,
 )
-from pylon_ai._gateway import Gateway
-from pylon_ai._server import make_site
+from pylon_ai.gateway._attempts import classify
+from pylon_ai.gateway._config import parse_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._server import make_site
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:

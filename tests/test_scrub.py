@@ -20,9 +20,9 @@ from pylon_ai import (
     ProviderError,
     ProviderStreamError,
 )
-from pylon_ai._apierrors import api_error
-from pylon_ai._config import parse_config
 from pylon_ai._errors import REDACTED, Scrubber
+from pylon_ai.gateway._apierrors import api_error
+from pylon_ai.gateway._config import parse_config
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:

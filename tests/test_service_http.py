@@ -19,9 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pylon_ai import _fake
 from pylon_ai._encode import AnthropicStreamEncoder, OpenAIStreamEncoder
-from pylon_ai.testing import FakeReply
+from pylon_ai.testing import FakeReply, _fake
 
 try:
     from tests._service import (

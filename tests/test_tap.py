@@ -20,9 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import _HTTP11ClientFactory
 
 import pylon_ai
-from pylon_ai._config import ConfigError, default_config, parse_config
-from pylon_ai._gateway import Gateway
 from pylon_ai._http import make_pool
+from pylon_ai.gateway._config import ConfigError, default_config, parse_config
+from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.tap import GatewayService, Options, endpoint_is_local
 
 try:

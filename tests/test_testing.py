@@ -46,8 +46,6 @@ from twisted.web.iweb import IResponse
 
 import pylon_ai.testing
 from pylon_ai import AiMessage, AiProxyPlugin, make_http_client
-from pylon_ai._fake_cli import main
-from pylon_ai._fake_script import SCRIPT_HELP
 from pylon_ai.testing import (
     FakeProvider,
     FakeReply,
@@ -55,6 +53,8 @@ from pylon_ai.testing import (
     FakeToolCall,
     ScriptError,
 )
+from pylon_ai.testing._cli import main
+from pylon_ai.testing._script import SCRIPT_HELP
 
 
 def scratch_file(case: SynchronousTestCase) -> Path:

@@ -18,9 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pylon_ai._config import parse_config
-from pylon_ai._gateway import Api, check_request
 from pylon_ai._translate import TranslationError
+from pylon_ai.gateway._config import parse_config
+from pylon_ai.gateway._gateway import Api, check_request
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:

@@ -1,5 +1,5 @@
 """
-Tests for L{pylon_ai._websocket}: the C{/v1/ws} protocol over real loopback
+Tests for L{pylon_ai.gateway._websocket}: the C{/v1/ws} protocol over real loopback
 sockets, with autobahn's client.
 """
 
@@ -15,10 +15,10 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import TestCase
 
-from pylon_ai._config import Config, default_config, parse_config
-from pylon_ai._gateway import Gateway
-from pylon_ai._server import make_site
-from pylon_ai._websocket import make_websocket_resource, origin_allowed
+from pylon_ai.gateway._config import Config, default_config, parse_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._server import make_site
+from pylon_ai.gateway._websocket import make_websocket_resource, origin_allowed
 from pylon_ai.testing import FakeProvider, FakeReply
 
 KEY = "sk-test-key"

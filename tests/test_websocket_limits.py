@@ -1,5 +1,5 @@
 """
-Tests for the limits of L{pylon_ai._websocket}: replies larger than the
+Tests for the limits of L{pylon_ai.gateway._websocket}: replies larger than the
 incoming frame limit, small frames before C{auth}, bad frames and handshake
 headers, and backpressure towards a client that does not read.
 
@@ -17,9 +17,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pylon_ai._config import parse_config
-from pylon_ai._gateway import Gateway
-from pylon_ai._websocket import MAX_DONE_TEXT, PRE_AUTH_MAX_BYTES, _Session
+from pylon_ai.gateway._config import parse_config
+from pylon_ai.gateway._gateway import Gateway
+from pylon_ai.gateway._websocket import MAX_DONE_TEXT, PRE_AUTH_MAX_BYTES, _Session
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:

@@ -14,10 +14,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from pylon_ai._accounting import record_request
-from pylon_ai._apierrors import ApiError, api_error
-from pylon_ai._attempts import Attempts
-from pylon_ai._backends import Backend
 from pylon_ai._encode import (
     AnthropicStreamEncoder,
     OpenAIStreamEncoder,
@@ -35,10 +31,14 @@ from pylon_ai._events import (
     Usage,
     merge_usage,
 )
-from pylon_ai._gateway import Api, Gateway, UnknownModel
 from pylon_ai._json import dumps
 from pylon_ai._sse import Event
 from pylon_ai._translate import TranslationError
+from pylon_ai.gateway._accounting import record_request
+from pylon_ai.gateway._apierrors import ApiError, api_error
+from pylon_ai.gateway._attempts import Attempts
+from pylon_ai.gateway._backends import Backend
+from pylon_ai.gateway._gateway import Api, Gateway, UnknownModel
 
 _SSE_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from pylon_ai._apierrors import ApiError
-from pylon_ai._config import ServerConfig
+from pylon_ai.gateway._apierrors import ApiError
+from pylon_ai.gateway._config import ServerConfig
 
 #: The window of the per-key rate, in seconds.
 WINDOW = 60.0

@@ -81,8 +81,13 @@ Each reply takes the fields of L{FakeReply} (all optional)::
   raw_body          a string sent as the body (UTF-8) instead of the reply
 """
 
-from pylon_ai._fake import FakeProvider, FakeReply, FakeToolCall, RecordedRequest
-from pylon_ai._fake_script import FakeScript, ScriptError
+from pylon_ai.testing._fake import (
+    FakeProvider,
+    FakeReply,
+    FakeToolCall,
+    RecordedRequest,
+)
+from pylon_ai.testing._script import FakeScript, ScriptError
 
 __all__ = [
     "FakeProvider",
@@ -92,8 +97,3 @@ __all__ = [
     "RecordedRequest",
     "ScriptError",
 ]
-
-if __name__ == "__main__":  # python -m pylon_ai.testing
-    from pylon_ai._fake_cli import main
-
-    main()

@@ -33,17 +33,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
-from pylon_ai._accounting import record_request
-from pylon_ai._apierrors import ApiError, api_error
-from pylon_ai._attempts import Attempts
 from pylon_ai._errors import ProviderError
 from pylon_ai._events import ModelEvent, TextDelta, Usage, merge_usage
-from pylon_ai._gateway import Gateway, UnknownModel, check_request
-from pylon_ai._intake import host_allowed
 from pylon_ai._json import dumps, loads
-from pylon_ai._metrics import Metrics
-from pylon_ai._server import key_ok, origin_allowed, presented_key
 from pylon_ai._translate import TranslationError
+from pylon_ai.gateway._accounting import record_request
+from pylon_ai.gateway._apierrors import ApiError, api_error
+from pylon_ai.gateway._attempts import Attempts
+from pylon_ai.gateway._gateway import Gateway, UnknownModel, check_request
+from pylon_ai.gateway._intake import host_allowed
+from pylon_ai.gateway._metrics import Metrics
+from pylon_ai.gateway._server import key_ok, origin_allowed, presented_key
 
 ROUTE = "/v1/ws"
 #: Close code for a missing or wrong key sent in a message (policy violation).

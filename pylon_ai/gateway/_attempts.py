@@ -22,7 +22,6 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pylon_ai._backends import Backend, Call, OnEvent, OnSSE
 from pylon_ai._errors import (
     ProviderConnectionError,
     ProviderError,
@@ -30,9 +29,10 @@ from pylon_ai._errors import (
     ProviderTimeout,
     ProviderTLSError,
 )
+from pylon_ai.gateway._backends import Backend, Call, OnEvent, OnSSE
 
 if TYPE_CHECKING:
-    from pylon_ai._gateway import Gateway
+    from pylon_ai.gateway._gateway import Gateway
 
 Kind = Literal["retry", "failover", "final"]
 

@@ -19,12 +19,12 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from pylon_ai._apierrors import ApiError
-from pylon_ai._exchange import Exchange, respond_error, respond_json
-from pylon_ai._gateway import Api, Gateway, check_request, deadline
-from pylon_ai._intake import Busy, GatewayChannel, host_allowed, is_json_type
 from pylon_ai._json import dumps, loads
 from pylon_ai._translate import TranslationError
+from pylon_ai.gateway._apierrors import ApiError
+from pylon_ai.gateway._exchange import Exchange, respond_error, respond_json
+from pylon_ai.gateway._gateway import Api, Gateway, check_request, deadline
+from pylon_ai.gateway._intake import Busy, GatewayChannel, host_allowed, is_json_type
 
 _ANTHROPIC_PATHS = (b"/v1/messages",)
 _CORS_ALLOW_HEADERS = (

@@ -18,8 +18,8 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 
-from pylon_ai._fake import FakeProvider, require_trustme
-from pylon_ai._fake_script import SCRIPT_HELP, FakeScript, ScriptError
+from pylon_ai.testing._fake import FakeProvider, require_trustme
+from pylon_ai.testing._script import SCRIPT_HELP, FakeScript, ScriptError
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorCore

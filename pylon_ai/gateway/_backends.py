@@ -16,10 +16,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
 from pylon_ai import _anthropic, _openai
-from pylon_ai._config import ModelConfig, ServerConfig
 from pylon_ai._events import ModelEvent
 from pylon_ai._json import dumps
-from pylon_ai._mock import MOCK_MODEL, MockCall
 from pylon_ai._provider import (
     ANTHROPIC_BASE_URL,
     OPENAI_BASE_URL,
@@ -29,6 +27,8 @@ from pylon_ai._provider import (
 )
 from pylon_ai._sse import Event
 from pylon_ai._upstream import StreamCall
+from pylon_ai.gateway._config import ModelConfig, ServerConfig
+from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
 
 OnEvent = Callable[[ModelEvent], object]
 OnSSE = Callable[[Event, list[ModelEvent]], object]

@@ -11,18 +11,18 @@ from typing import Any, Literal, overload
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from pylon_ai._apierrors import gateway_scrubber
-from pylon_ai._attempts import Attempts
-from pylon_ai._backends import Backend, OnEvent, OnSSE
-from pylon_ai._config import Config
 from pylon_ai._http import make_http_client
-from pylon_ai._limits import Limits
-from pylon_ai._metrics import Metrics
 from pylon_ai._translate import (
     TranslationError,
     anthropic_request_to_openai,
     openai_request_to_anthropic,
 )
+from pylon_ai.gateway._apierrors import gateway_scrubber
+from pylon_ai.gateway._attempts import Attempts
+from pylon_ai.gateway._backends import Backend, OnEvent, OnSSE
+from pylon_ai.gateway._config import Config
+from pylon_ai.gateway._limits import Limits
+from pylon_ai.gateway._metrics import Metrics
 
 Api = Literal["openai", "anthropic"]
 

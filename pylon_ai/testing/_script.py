@@ -1,5 +1,5 @@
 """
-Scripts for the fake provider: the replies of L{pylon_ai._fake.FakeReply}
+Scripts for the fake provider: the replies of L{pylon_ai.testing._fake.FakeReply}
 written as JSON, for C{python -m pylon_ai.testing --script FILE} (and for
 tests that keep their replies in a file).
 
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, get_args
 from attrs import frozen
 
 from pylon_ai._events import StopReason
-from pylon_ai._fake import FakeReply, FakeToolCall
 from pylon_ai._json import loads
+from pylon_ai.testing._fake import FakeReply, FakeToolCall
 
 if TYPE_CHECKING:
-    from pylon_ai._fake import FakeProvider
+    from pylon_ai.testing._fake import FakeProvider
 
 #: The reference of a reply's fields, shown by C{--help} and repeated in the
 #: documentation of L{pylon_ai.testing} (a test keeps the two the same).

@@ -17,7 +17,6 @@ from attrs import frozen
 
 from twisted.internet.defer import CancelledError
 
-from pylon_ai._config import Config
 from pylon_ai._encode import anthropic_error_body, openai_error_body, sse_frame
 from pylon_ai._errors import (
     ProviderConnectionError,
@@ -27,6 +26,7 @@ from pylon_ai._errors import (
 )
 from pylon_ai._json import dumps, loads
 from pylon_ai._translate import TranslationError
+from pylon_ai.gateway._config import Config
 
 _ANTHROPIC_TYPE = {
     400: "invalid_request_error",
