@@ -5,7 +5,7 @@ Provider settings: immutable values that say where a plugin sends requests.
 from __future__ import annotations
 
 from typing import ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from attrs import field, frozen
 
@@ -14,6 +14,11 @@ from pylon_ai._openai import CHAT_PATH
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 OPENAI_BASE_URL = "https://api.openai.com"
+#: Anthropic's token counting, beside its Messages path.
+COUNT_TOKENS_PATH = MESSAGES_PATH + "/count_tokens"
+#: OpenAI's embeddings, beside its Chat Completions path.
+EMBEDDINGS_PATH = "/v1/embeddings"
+_CHAT_SUFFIX = "/chat/completions"
 
 
 def _check_base(url: str) -> str:
@@ -53,6 +58,13 @@ class AnthropicProvider:
         """
         return self.base_url.rstrip("/") + MESSAGES_PATH
 
+    @property
+    def count_tokens_url(self) -> str:
+        """
+        The URL of the token counting endpoint.
+        """
+        return self.base_url.rstrip("/") + COUNT_TOKENS_PATH
+
     def __repr__(self) -> str:
         return (
             f"AnthropicProvider(api_key={_mask(self.api_key)}, model={self.model!r}, "
@@ -82,6 +94,13 @@ class OpenAIProvider:
         The full URL requests go to.
         """
         return self.base_url.rstrip("/") + CHAT_PATH
+
+    @property
+    def embeddings_url(self) -> str:
+        """
+        The URL of the embeddings endpoint.
+        """
+        return self.base_url.rstrip("/") + EMBEDDINGS_PATH
 
     def __repr__(self) -> str:
         return (
@@ -116,6 +135,25 @@ class CustomProvider:
         if parts.path in ("", "/"):
             return self.base_url.rstrip("/") + CHAT_PATH
         return self.base_url
+
+    @property
+    def embeddings_url(self) -> str | None:
+        """
+        The URL of the embeddings endpoint: C{/v1/embeddings} on a bare
+        C{scheme://host[:port]}; for a full URL that ends in
+        C{/chat/completions}, that end replaced by C{/embeddings} (so
+        C{.../openai/v1/chat/completions} gives C{.../openai/v1/embeddings});
+        L{None} for any other full URL, whose embeddings endpoint cannot be
+        told.
+        """
+        parts = urlsplit(self.base_url)
+        if parts.path in ("", "/"):
+            return self.base_url.rstrip("/") + EMBEDDINGS_PATH
+        path = parts.path.rstrip("/")
+        if not path.endswith(_CHAT_SUFFIX):
+            return None
+        path = path[: -len(_CHAT_SUFFIX)] + "/embeddings"
+        return urlunsplit(parts._replace(path=path))
 
     def __repr__(self) -> str:
         return (

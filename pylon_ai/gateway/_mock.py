@@ -3,12 +3,17 @@ The built-in C{mock} provider: a deterministic model that needs no network.
 
 It answers with a fixed sentence that echoes the last user message, streamed
 word by word with a small delay, and reports usage (words counted as
-tokens).  It is the default model when the service has no configuration.
+tokens).  It also makes embeddings: deterministic unit vectors from a hash
+of each input.  It is the default model when the service has no
+configuration.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import math
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -138,3 +143,112 @@ class MockCall:
             self.deferred.errback(e)
             return
         self.deferred.callback(None)
+
+
+#: The length of the mock's embeddings when the request names none.
+EMBEDDING_DIMENSIONS = 16
+#: The most dimensions the mock makes (OpenAI's largest model has 3072).
+MAX_EMBEDDING_DIMENSIONS = 3072
+
+
+class EmbeddingRequestError(ValueError):
+    """
+    An embeddings request the mock cannot serve.
+
+    @ivar param: The offending field.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+def _inputs(value: Any) -> list[str]:
+    """
+    The texts of an embeddings C{input}: a string, an array of strings, an
+    array of token ids, or an array of such arrays (token ids stand for
+    themselves: the mock has no vocabulary).
+    """
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return list(value)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [" ".join(map(str, value))]
+        if all(
+            isinstance(v, list)
+            and v
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+            for v in value
+        ):
+            return [" ".join(map(str, v)) for v in value]
+    raise EmbeddingRequestError(
+        "input",
+        "must be a string, an array of strings, an array of token ids, "
+        "or an array of arrays of token ids (none empty)",
+    )
+
+
+def mock_vector(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """
+    The mock's embedding of C{text}: unit length, the same for the same
+    text and length, different (almost surely) for different texts; each
+    value is a 32-bit float, as the API sends them.
+    """
+    raw: list[float] = []
+    counter = 0
+    seed = text.encode("utf-8", "surrogatepass")
+    while len(raw) < dimensions:
+        digest = hashlib.sha256(counter.to_bytes(4, "big") + seed).digest()
+        counter += 1
+        for i in range(0, len(digest), 2):
+            raw.append(int.from_bytes(digest[i : i + 2], "big") / 32767.5 - 1.0)
+    raw = raw[:dimensions]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    values = [v / norm for v in raw]
+    # Through float32 and back, so the float and base64 forms agree.
+    return list(
+        struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *values))
+    )
+
+
+def mock_embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """
+    The mock's reply to an OpenAI embeddings request: one vector per input,
+    as floats or, with C{encoding_format: "base64"}, as base64 of
+    little-endian 32-bit floats; the usage counts words as tokens.
+
+    @param body: The request body (C{input}, optional C{dimensions} and
+        C{encoding_format}).
+    @raise EmbeddingRequestError: For a field the mock cannot serve.
+    """
+    texts = _inputs(body.get("input"))
+    dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+    if (
+        isinstance(dimensions, bool)
+        or not isinstance(dimensions, int)
+        or not 1 <= dimensions <= MAX_EMBEDDING_DIMENSIONS
+    ):
+        raise EmbeddingRequestError(
+            "dimensions",
+            f"must be an integer between 1 and {MAX_EMBEDDING_DIMENSIONS}",
+        )
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise EmbeddingRequestError("encoding_format", "must be 'float' or 'base64'")
+    data = []
+    for index, text in enumerate(texts):
+        vector = mock_vector(text, dimensions)
+        embedding: list[float] | str = vector
+        if encoding == "base64":
+            packed = struct.pack(f"<{dimensions}f", *vector)
+            embedding = base64.b64encode(packed).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(max(len(text.split()), 1) for text in texts)
+    return {
+        "object": "list",
+        "data": data,
+        "model": MOCK_MODEL,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
