@@ -29,6 +29,7 @@ from pylon_ai._sse import Event
 from pylon_ai._upstream import StreamCall
 from pylon_ai.gateway._config import ModelConfig, ServerConfig
 from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
+from pylon_ai.gateway._unary import UnaryCall
 
 OnEvent = Callable[[ModelEvent], object]
 OnSSE = Callable[[Event, list[ModelEvent]], object]
@@ -74,6 +75,10 @@ class Backend:
         self.cooldown_until = 0.0
         self.provider = config.provider
         self.url = ""
+        #: Where this deployment counts tokens (Anthropic format) and makes
+        #: embeddings (OpenAI format); L{None} where it cannot.
+        self.count_tokens_url: str | None = None
+        self.embeddings_url: str | None = None
         # Only a custom model may have none configured; Ollama and vLLM
         # refuse a request without one, so send the name clients ask for
         # (this deployment's, not the request's, which may name a model this
@@ -81,21 +86,25 @@ class Backend:
         self.model: str = config.model or config.name
         if config.provider == "anthropic":
             self.format = "anthropic"
-            self.url = AnthropicProvider(
+            anthropic = AnthropicProvider(
                 config.api_key,
                 config.model or "",
                 config.base_url or ANTHROPIC_BASE_URL,
-            ).url
+            )
+            self.url = anthropic.url
+            self.count_tokens_url = anthropic.count_tokens_url
         elif config.provider == "openai":
             self.format = "openai"
-            self.url = OpenAIProvider(
+            openai = OpenAIProvider(
                 config.api_key, config.model or "", config.base_url or OPENAI_BASE_URL
-            ).url
+            )
+            self.url = openai.url
+            self.embeddings_url = openai.embeddings_url
         elif config.provider == "custom":
             self.format = "openai"
-            self.url = CustomProvider(
-                config.base_url or "", config.api_key, config.model
-            ).url
+            custom = CustomProvider(config.base_url or "", config.api_key, config.model)
+            self.url = custom.url
+            self.embeddings_url = custom.embeddings_url
         else:
             self.format = "mock"
             self.model = MOCK_MODEL
@@ -187,6 +196,44 @@ class Backend:
                 on_flush=on_flush,
             )
             call.start(self._client, self._url, self._headers, dumps(body))
+        call.deferred.addBoth(self._finished)
+        return call
+
+    def post(
+        self,
+        url: str,
+        body: dict[str, Any],
+        extra_headers: dict[str, str] | None = None,
+        max_reply: int = 8 * 1024 * 1024,
+    ) -> UnaryCall:
+        """
+        Start a request whose reply is one JSON body (token counting,
+        embeddings), with this deployment's key and timeouts; one attempt.
+
+        @param url: One of this deployment's URLs.
+        @param body: The request, in this backend's format, ready to send.
+        @param extra_headers: Client headers this upstream may see (such as
+            C{anthropic-beta}).
+        @param max_reply: The largest reply read.
+        @return: The call; its C{deferred} fires with the reply's bytes.
+        """
+        headers = (
+            _anthropic.request_headers(self.config.api_key)
+            if self.format == "anthropic"
+            else _openai.request_headers(self.config.api_key)
+        )
+        headers["accept"] = "application/json"
+        headers.update(extra_headers or {})
+        call = UnaryCall(
+            self._clock,
+            label=StreamCall.label_for(url),
+            timeout=self._timeout,
+            first_byte_timeout=self.config.first_byte_timeout_s,
+            request_timeout=self.config.request_timeout_s,
+            max_body=max_reply,
+        )
+        self.in_flight += 1
+        call.start(self._client, url, headers, dumps(body))
         call.deferred.addBoth(self._finished)
         return call
 

@@ -7,9 +7,11 @@ time to send the headers, open connections).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from importlib import resources as importlib_resources
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -21,10 +23,18 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pylon_ai._json import dumps, loads
 from pylon_ai._translate import TranslationError
+from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError
 from pylon_ai.gateway._exchange import Exchange, respond_error, respond_json
 from pylon_ai.gateway._gateway import Api, Gateway, check_request, deadline
 from pylon_ai.gateway._intake import Busy, GatewayChannel, host_allowed, is_json_type
+from pylon_ai.gateway._routes import (
+    CountTokensExchange,
+    EmbeddingsExchange,
+    check_count_tokens,
+    check_embeddings,
+    model_entry,
+)
 
 _ANTHROPIC_PATHS = (b"/v1/messages",)
 _CORS_ALLOW_HEADERS = (
@@ -38,10 +48,14 @@ _CORS_ALLOW_HEADERS = (
 
 def api_for_path(path: bytes) -> Api:
     """
-    Which API's error shape a path calls for.
+    Which API's error shape a path calls for: Anthropic's for
+    C{/v1/messages} and every path under it, OpenAI's for the rest.
     """
-    path = path.split(b"?", 1)[0]
-    return "anthropic" if path.startswith(_ANTHROPIC_PATHS) else "openai"
+    path = path.split(b"?", 1)[0].rstrip(b"/")
+    for prefix in _ANTHROPIC_PATHS:
+        if path == prefix or path.startswith(prefix + b"/"):
+            return "anthropic"
+    return "openai"
 
 
 def presented_key(request: Any) -> str | None:
@@ -375,7 +389,7 @@ class _Completions(_Base):
             self._refuse(request, ApiError(400, "the request body is not valid JSON"))
             return NOT_DONE_YET
         try:
-            check_request(self.api, body)
+            self._check(body)
         except TranslationError as e:
             self._refuse(request, ApiError(400, e.message, e.param))
             return NOT_DONE_YET
@@ -391,11 +405,27 @@ class _Completions(_Base):
             self._refuse(request, release)
             return NOT_DONE_YET
         try:
-            Exchange(self.gateway, request, self.api, self.route, release).run(body)
+            self._start(request, body, release)
         except Exception:
             release()  # never leak a slot, whatever went wrong
             raise
         return NOT_DONE_YET
+
+    def _check(self, body: Any) -> None:
+        """
+        Check a request body before anything else looks at it.
+
+        @raise TranslationError: Naming the bad field.
+        """
+        check_request(self.api, body)
+
+    def _start(
+        self, request: Request, body: dict[str, Any], release: Callable[[], None]
+    ) -> None:
+        """
+        Serve a checked, admitted request; C{release} once it is over.
+        """
+        Exchange(self.gateway, request, self.api, self.route, release).run(body)
 
 
 class ChatCompletions(_Completions):
@@ -413,6 +443,41 @@ class Messages(_Completions):
     route = "/v1/messages"
 
 
+class CountTokens(_Completions):
+    """
+    C{POST /v1/messages/count_tokens}: Anthropic's token counting, forwarded
+    to Anthropic-format upstreams, estimated for the others.
+    """
+
+    api = "anthropic"
+    route = "/v1/messages/count_tokens"
+
+    def _check(self, body: Any) -> None:
+        check_count_tokens(body)
+
+    def _start(
+        self, request: Request, body: dict[str, Any], release: Callable[[], None]
+    ) -> None:
+        CountTokensExchange(self.gateway, request, release).run(body)
+
+
+class Embeddings(_Completions):
+    """
+    C{POST /v1/embeddings}: OpenAI embeddings, forwarded to OpenAI-format
+    upstreams.
+    """
+
+    route = "/v1/embeddings"
+
+    def _check(self, body: Any) -> None:
+        check_embeddings(body)
+
+    def _start(
+        self, request: Request, body: dict[str, Any], release: Callable[[], None]
+    ) -> None:
+        EmbeddingsExchange(self.gateway, request, release).run(body)
+
+
 class Models(_Base):
     """
     C{GET /v1/models}: the configured names, in OpenAI's list shape, or
@@ -425,15 +490,7 @@ class Models(_Base):
         names = self.gateway.model_names()
         request.setHeader(b"content-type", b"application/json")
         if request.getHeader("anthropic-version"):
-            data = [
-                {
-                    "type": "model",
-                    "id": name,
-                    "display_name": name,
-                    "created_at": "2025-01-01T00:00:00Z",
-                }
-                for name in names
-            ]
+            data = [model_entry(name, True) for name in names]
             return dumps(
                 {
                     "data": data,
@@ -445,12 +502,54 @@ class Models(_Base):
         return dumps(
             {
                 "object": "list",
-                "data": [
-                    {"id": n, "object": "model", "created": 0, "owned_by": "pylon_ai"}
-                    for n in names
-                ],
+                "data": [model_entry(name, False) for name in names],
             }
         )
+
+
+#: The start of C{GET /v1/models/{id}}.
+MODEL_PREFIX = b"/v1/models/"
+
+
+class ModelInfo(_Base):
+    """
+    C{GET /v1/models/{id}}: one configured model, in OpenAI's shape, or
+    Anthropic's when the request carries C{anthropic-version}; a 404 in the
+    same shape when it is not configured.
+    """
+
+    route = "/v1/models/{id}"
+
+    def api_of(self, request: Request) -> Api:
+        return "anthropic" if request.getHeader("anthropic-version") else "openai"
+
+    def render_GET(self, request: Request) -> Any:
+        received = time.perf_counter()
+        raw = unquote_to_bytes(request.path[len(MODEL_PREFIX) :].rstrip(b"/"))
+        name = raw.decode("utf-8", "replace")
+        if name not in self.gateway.backends:
+            self._refuse(
+                request, ApiError(404, f"model {name!r} is not configured", "model")
+            )
+            return NOT_DONE_YET
+        release = self.gateway.limits.admit(presented_key(request) or "")
+        if isinstance(release, ApiError):
+            self._refuse(request, release)
+            return NOT_DONE_YET
+        release()
+        anthropic = self.api_of(request) == "anthropic"
+        respond_json(request, 200, model_entry(name, anthropic))
+        record_request(
+            self.gateway.metrics,
+            route=self.route,
+            model=name,
+            provider="-",
+            status=200,
+            latency=time.perf_counter() - received,
+            ttft=None,
+            usage=None,
+        )
+        return NOT_DONE_YET
 
 
 class Health(_Base):
@@ -461,9 +560,18 @@ class Health(_Base):
     needs_key = False
     route = "/healthz"
 
+    def __init__(
+        self, gateway: Gateway, extra: Mapping[str, object] | None = None
+    ) -> None:
+        """
+        @param extra: Fields added to the reply (a worker's number and pid).
+        """
+        super().__init__(gateway)
+        self._body = dumps({"status": "ok", **(extra or {})})
+
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
-        return b'{"status":"ok"}'
+        return self._body
 
 
 class MetricsPage(_Base):
@@ -530,17 +638,25 @@ class Root(Resource):
     The route table.
     """
 
-    def __init__(self, gateway: Gateway, websocket: IResource | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        websocket: IResource | None = None,
+        health: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__()
         self._routes: dict[bytes, Resource] = {
             b"/": ChatPage(gateway),
-            b"/healthz": Health(gateway),
+            b"/healthz": Health(gateway, health),
             b"/metrics": MetricsPage(gateway),
             b"/v1/models": Models(gateway),
             b"/v1/chat/completions": ChatCompletions(gateway),
             b"/chat/completions": ChatCompletions(gateway),
             b"/v1/messages": Messages(gateway),
+            b"/v1/messages/count_tokens": CountTokens(gateway),
+            b"/v1/embeddings": Embeddings(gateway),
         }
+        self._model_info = ModelInfo(gateway)
         if websocket is not None:
             self._routes[b"/v1/ws"] = _HandOver(websocket)
         self._not_found = NotFound(gateway)
@@ -548,8 +664,12 @@ class Root(Resource):
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         # Route on the whole path at once; the resource tree walk is not
         # needed for a flat table.
-        resource = self._routes.get(request.path.rstrip(b"/") or b"/")
+        path = request.path.rstrip(b"/") or b"/"
+        resource = self._routes.get(path)
         if resource is None:
+            if path.startswith(MODEL_PREFIX):
+                request.postpath = []
+                return self._model_info
             return self._not_found
         request.postpath = []
         return resource
@@ -722,13 +842,20 @@ class _HandOver(Resource):
         return result
 
 
-def make_site(gateway: Gateway, websocket: IResource | None = None) -> GatewaySite:
+def make_site(
+    gateway: Gateway,
+    websocket: IResource | None = None,
+    *,
+    health: Mapping[str, object] | None = None,
+) -> GatewaySite:
     """
     The C{Site} serving every route.
+
+    @param health: Fields C{/healthz} adds to C{"status"}.
     """
     settings = gateway.config.server
     site = GatewaySite(
-        Root(gateway, websocket),
+        Root(gateway, websocket, health),
         reactor=gateway.clock,
         header_timeout=settings.header_timeout_s,
         keepalive_timeout=settings.keepalive_timeout_s,

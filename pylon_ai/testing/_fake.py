@@ -7,8 +7,10 @@ The public names are re-exported by L{pylon_ai.testing}.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
+import struct
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -38,11 +40,23 @@ from pylon_ai._encode import (
     dumps,
     openai_completion_body,
     openai_error_body,
+    sse_frame,
 )
 from pylon_ai._errors import ANTHROPIC_ERROR_STATUS
+from pylon_ai.formats import responses
+from pylon_ai.formats.canonical import (
+    Part,
+    ReasoningPart,
+    Reply,
+    ReplyUsage,
+    TextPart,
+    ToolCallPart,
+)
 from pylon_ai._events import (
     MessageStart,
     ModelEvent,
+    ReasoningDelta,
+    ReasoningSignature,
     Stop,
     StopReason,
     StreamError,
@@ -61,7 +75,8 @@ _STATUS_ERROR_TYPE: dict[int, str] = {
 }
 _STATUS_ERROR_TYPE[503] = "overloaded_error"
 
-Format = Literal["anthropic", "openai"]
+Format = Literal["anthropic", "openai", "responses"]
+Kind = Literal["completion", "count_tokens", "embeddings"]
 
 #: What to install for C{tls=True}.
 _TLS_HINT = (
@@ -109,6 +124,20 @@ def _headers(
     return tuple(value)
 
 
+def _vectors(value: Sequence[Sequence[float]]) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(vector) for vector in value)
+
+
+def _embedding_inputs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and isinstance(value[0], int):
+        return [" ".join(map(str, value))]
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else json.dumps(v) for v in value]
+    return []
+
+
 @frozen
 class FakeToolCall:
     """
@@ -132,10 +161,21 @@ class FakeReply:
     What the fake answers to one request.
 
     A streamed reply is sent as: the headers and the opening event (after
-    C{first_byte_delay}), then one event per text chunk and per tool-call
-    fragment ("chunks", each after C{chunk_delay}), then the stop, the usage
-    and the end of the stream.
+    C{first_byte_delay}), then one event per thinking chunk, for the
+    signature, per text chunk and per tool-call fragment ("chunks", each
+    after C{chunk_delay}), then the stop, the usage and the end of the
+    stream.
 
+    @ivar thinking: The pieces of the model's reasoning, streamed before the
+        text: in Anthropic's format a C{thinking} content block
+        (C{thinking_delta} events, then a C{signature_delta} with
+        L{signature}); in the Chat Completions format
+        C{delta.reasoning_content} chunks, as vLLM and DeepSeek send them.
+        Whole bodies carry them joined: a C{thinking} block before the text,
+        or C{message.reasoning_content}.
+    @ivar signature: The signature of the thinking block (Anthropic's format
+        only; the Chat Completions format has no place for it); L{None} sends
+        none.  In a stream it is one more chunk, after the thinking.
     @ivar chunks: The text pieces.
     @ivar tool_calls: The tool calls, streamed after the text.
     @ivar usage: C{(input_tokens, output_tokens)}, or L{None} to report none
@@ -166,9 +206,19 @@ class FakeReply:
         C{headers}) instead of anything generated, for malformed streams.
         With C{drop_after} set, the connection is then aborted rather than
         the body ended.
+    @ivar input_tokens: The count a token counting request
+        (C{.../messages/count_tokens}) gets as C{input_tokens}; L{None}
+        answers the input count of L{usage}, or 10 without one.
+    @ivar embeddings: The vectors an embeddings request (C{.../embeddings})
+        gets, one C{data} entry each; empty answers one vector per input,
+        C{[len(text), index, 0.5]}.  Sent as floats, or as base64 of
+        little-endian 32-bit floats when the request asks for
+        C{encoding_format: "base64"}.
     """
 
     chunks: tuple[str, ...] = field(default=(), converter=_tuple)
+    thinking: tuple[str, ...] = field(default=(), converter=_tuple, kw_only=True)
+    signature: str | None = field(default=None, kw_only=True)
     tool_calls: tuple[FakeToolCall, ...] = field(default=(), converter=_tuple)
     usage: tuple[int, int] | None = None
     stop_reason: StopReason | None = None
@@ -184,6 +234,10 @@ class FakeReply:
     stall_after: int | None = None
     stream_error: bool = False
     raw_body: bytes | None = None
+    input_tokens: int | None = field(default=None, kw_only=True)
+    embeddings: tuple[tuple[float, ...], ...] = field(
+        default=(), converter=_vectors, kw_only=True
+    )
 
 
 @define(eq=False)
@@ -273,14 +327,21 @@ class _Exchange:
     model: str
     clock: IReactorTime
     forget: Callable[[_Exchange], None]
-    _pieces: list[ModelEvent] = field(factory=list, init=False)
+    #: What was asked: a completion, a token count or embeddings.
+    kind: Kind = "completion"
+    _pieces: list[ModelEvent | ReasoningDelta | ReasoningSignature] = field(
+        factory=list, init=False
+    )
     _sent: int = field(default=0, init=False)
     _call: IDelayedCall | None = field(default=None, init=False)
     _over: bool = field(default=False, init=False)
     _aborted: bool = field(default=False, init=False)
-    _encoder: AnthropicStreamEncoder | OpenAIStreamEncoder | None = field(
-        default=None, init=False
-    )
+    _encoder: (
+        AnthropicStreamEncoder
+        | OpenAIStreamEncoder
+        | responses.ResponsesStreamEncoder
+        | None
+    ) = field(default=None, init=False)
 
     def begin(self) -> None:
         self.request.notifyFinish().addBoth(self._connection_done)
@@ -350,7 +411,9 @@ class _Exchange:
             request.setHeader("request-id", request_id)
         else:
             request.setHeader("x-request-id", request_id)
-        streaming = self.recorded.stream and reply.status == 200
+        streaming = (
+            self.recorded.stream and reply.status == 200 and self.kind == "completion"
+        )
         if not request.responseHeaders.hasHeader("content-type"):
             request.setHeader(
                 "content-type",
@@ -365,6 +428,8 @@ class _Exchange:
         elif reply.status != 200:
             request.write(self._error_body())
             self._finish()
+        elif self.kind != "completion":
+            self._unary_body()
         elif streaming:
             self._start_stream()
         else:
@@ -397,7 +462,9 @@ class _Exchange:
             for call in reply.tool_calls
         ]
         text = "".join(reply.chunks)
-        if self.format == "anthropic":
+        if self.format == "responses":
+            body = self._response_body(text)
+        elif self.format == "anthropic":
             body = anthropic_message_body(
                 model=self.model,
                 text=text,
@@ -414,6 +481,8 @@ class _Exchange:
                 usage=self._usage(),
                 created=int(self.clock.seconds()),
             )
+        if reply.thinking and self.format != "responses":
+            self._add_thinking(body)
         data = dumps(body)
         if reply.drop_after is not None:
             self.request.write(data[: len(data) // 2])
@@ -425,10 +494,105 @@ class _Exchange:
             self.request.write(data)
             self._finish()
 
+    def _response_body(self, text: str) -> dict[str, Any]:
+        # A Responses object: reasoning (a signed block packed as the
+        # gateway packs Anthropic's), the text, the calls.
+        reply = self.reply
+        parts: list[Part] = []
+        if reply.thinking:
+            thinking = "".join(reply.thinking)
+            parts.append(ReasoningPart(thinking, signature=reply.signature))
+        if text:
+            parts.append(TextPart(text))
+        for call in reply.tool_calls:
+            arguments = json.loads("".join(call.arguments_fragments) or "{}")
+            parts.append(ToolCallPart(call.id, call.name, arguments))
+        usage = ReplyUsage(*reply.usage) if reply.usage is not None else ReplyUsage()
+        canonical = Reply(None, self.model, tuple(parts), self._stop(), usage)
+        return responses.encode_response(
+            canonical,
+            echo=responses.response_echo(self.recorded.json),
+            created_at=int(self.clock.seconds()),
+        )
+
+    def _add_thinking(self, body: dict[str, Any]) -> None:
+        # The whole-body places of reasoning: Anthropic's thinking block
+        # before the text, the reasoning_content field vLLM and DeepSeek add
+        # to the Chat Completions message.
+        thinking = "".join(self.reply.thinking)
+        if self.format == "anthropic":
+            block = {
+                "type": "thinking",
+                "thinking": thinking,
+                "signature": self.reply.signature or "",
+            }
+            body["content"].insert(0, block)
+        else:
+            body["choices"][0]["message"]["reasoning_content"] = thinking
+
+    def _unary_body(self) -> None:
+        # A token count or embeddings: one JSON body, cut or withheld as
+        # drop_after and stall_after say.
+        reply = self.reply
+        body: dict[str, Any]
+        if self.kind == "count_tokens":
+            count = reply.input_tokens
+            if count is None:
+                count = reply.usage[0] if reply.usage is not None else 10
+            body = {"input_tokens": count}
+        else:
+            body = self._embeddings()
+        data = dumps(body)
+        if reply.drop_after is not None:
+            self.request.write(data[: len(data) // 2])
+            self._abort()
+        elif reply.stall_after is not None:
+            self.request.write(b"")
+            self._over = True
+        else:
+            self.request.write(data)
+            self._finish()
+
+    def _embeddings(self) -> dict[str, Any]:
+        reply, asked = self.reply, self.recorded.json
+        texts = _embedding_inputs(asked.get("input"))
+        vectors = list(reply.embeddings) or [
+            (float(len(text)), float(index), 0.5) for index, text in enumerate(texts)
+        ]
+        base64_wanted = asked.get("encoding_format") == "base64"
+        data = []
+        for index, vector in enumerate(vectors):
+            embedding: Any = list(vector)
+            if base64_wanted:
+                packed = struct.pack(f"<{len(vector)}f", *vector)
+                embedding = base64.b64encode(packed).decode("ascii")
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = (
+            reply.usage[0]
+            if reply.usage is not None
+            else sum(len(text.split()) for text in texts)
+        )
+        return {
+            "object": "list",
+            "data": data,
+            "model": self.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
     def _start_stream(self) -> None:
         reply = self.reply
-        encoder: AnthropicStreamEncoder | OpenAIStreamEncoder
-        if self.format == "anthropic":
+        encoder: (
+            AnthropicStreamEncoder
+            | OpenAIStreamEncoder
+            | responses.ResponsesStreamEncoder
+        )
+        if self.format == "responses":
+            encoder = responses.ResponsesStreamEncoder(
+                self.model,
+                echo=responses.response_echo(self.recorded.json),
+                created_at=int(self.clock.seconds()),
+            )
+        elif self.format == "anthropic":
             encoder = AnthropicStreamEncoder(self.model)
         else:
             options = self.recorded.json.get("stream_options")
@@ -446,7 +610,11 @@ class _Exchange:
             # Anthropic reports input tokens (and a placeholder output count)
             # in message_start, the final output count at the end.
             encoder.encode(Usage(reply.usage[0], 1))
-        self._pieces = [TextDelta(chunk) for chunk in reply.chunks]
+        self._pieces = [ReasoningDelta(chunk) for chunk in reply.thinking]
+        if reply.thinking and self.format != "openai":
+            # Closes the thinking block, with or without a signature.
+            self._pieces.append(ReasoningSignature(reply.signature or ""))
+        self._pieces.extend(TextDelta(chunk) for chunk in reply.chunks)
         for index, call in enumerate(reply.tool_calls):
             fragments = call.arguments_fragments or ("",)
             self._pieces.append(ToolCallDelta(index, call.id, call.name, fragments[0]))
@@ -480,7 +648,62 @@ class _Exchange:
         assert self._encoder is not None
         piece = self._pieces[self._sent]
         self._sent += 1
-        self.request.write(self._encoder.encode(piece))
+        if isinstance(piece, ReasoningDelta | ReasoningSignature) and not isinstance(
+            self._encoder, responses.ResponsesStreamEncoder
+        ):
+            self.request.write(self._reasoning(self._encoder, piece))
+        else:
+            self.request.write(self._encoder.encode(piece))
+
+    def _reasoning(
+        self,
+        encoder: AnthropicStreamEncoder | OpenAIStreamEncoder,
+        piece: ReasoningDelta | ReasoningSignature,
+    ) -> bytes:
+        # Written here rather than by the encoders: the fake's thinking
+        # stands for what real providers send, whatever the gateway's own
+        # encoders make of reasoning.
+        out = encoder.start()
+        if isinstance(encoder, OpenAIStreamEncoder):
+            assert isinstance(piece, ReasoningDelta)
+            chunk: dict[str, Any] = {
+                "id": encoder.completion_id,
+                "object": "chat.completion.chunk",
+                "created": encoder.created,
+                "model": encoder.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"reasoning_content": piece.text},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
+            if encoder.include_usage:
+                chunk["usage"] = None
+            return out + b"data: " + dumps(chunk) + b"\n\n"
+        # The thinking block is the first content block: index 0, and the
+        # encoder numbers the text and tool blocks after it.
+        if self._sent == 1:
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            start = {"type": "content_block_start", "index": 0, "content_block": block}
+            out += sse_frame(dumps(start), "content_block_start")
+        delta: dict[str, str]
+        if isinstance(piece, ReasoningDelta):
+            delta = {"type": "thinking_delta", "thinking": piece.text}
+        elif piece.signature:
+            delta = {"type": "signature_delta", "signature": piece.signature}
+        else:
+            delta = {}
+        if delta:
+            event = {"type": "content_block_delta", "index": 0, "delta": delta}
+            out += sse_frame(dumps(event), "content_block_delta")
+        if isinstance(piece, ReasoningSignature):
+            stop = {"type": "content_block_stop", "index": 0}
+            out += sse_frame(dumps(stop), "content_block_stop")
+            encoder._next_block = 1
+        return out
 
     def _send_piece(self) -> None:
         self._call = None
@@ -488,7 +711,10 @@ class _Exchange:
         self._step()
 
     def _end_stream(
-        self, encoder: AnthropicStreamEncoder | OpenAIStreamEncoder
+        self,
+        encoder: AnthropicStreamEncoder
+        | OpenAIStreamEncoder
+        | responses.ResponsesStreamEncoder,
     ) -> None:
         reply = self.reply
         if reply.stream_error:
@@ -525,8 +751,14 @@ class FakeProvider:
     C{POST /v1/messages} (or any path ending in C{/messages}) is answered in
     Anthropic's Messages format; every other C{POST} path (so
     C{/v1/chat/completions} and custom endpoint paths) in OpenAI's Chat
-    Completions format.  A request body with C{"stream": true} gets an event
-    stream, any other a whole JSON body.  Other methods get a 405.
+    Completions format, except one ending in C{/responses}: the OpenAI
+    Responses API (reasoning as a reasoning item whose C{encrypted_content}
+    packs the signed thinking).  A request body with C{"stream": true} gets an event
+    stream, any other a whole JSON body.  A path ending in
+    C{/messages/count_tokens} gets Anthropic's token count
+    (L{FakeReply.input_tokens}), one ending in C{/embeddings} OpenAI's
+    embeddings (L{FakeReply.embeddings}); their errors take the same
+    formats.  Other methods get a 405.
 
     Replies queued with L{enqueue} are served in order, one per request; when
     the queue is empty L{default_reply} is served.
@@ -770,7 +1002,18 @@ class FakeProvider:
         )
         self.requests.append(recorded)
         path = request.path.decode("latin-1") if request.path else "/"
-        format: Format = "anthropic" if path.endswith("/messages") else "openai"
+        kind: Kind = "completion"
+        if path.endswith("/messages/count_tokens"):
+            kind = "count_tokens"
+        elif path.endswith("/embeddings"):
+            kind = "embeddings"
+        format: Format = (
+            "anthropic"
+            if path.endswith("/messages") or kind == "count_tokens"
+            else "responses"
+            if path.endswith("/responses")
+            else "openai"
+        )
         if recorded.method != "POST":
             return self._refuse(request, format, 405, "invalid_request_error")
         if not isinstance(parsed, dict):
@@ -785,6 +1028,7 @@ class FakeProvider:
             str(model),
             cast(IReactorTime, self.clock or self.reactor),
             self._exchanges.discard,
+            kind,
         )
         self._exchanges.add(exchange)
         exchange.begin()
