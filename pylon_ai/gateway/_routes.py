@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -35,6 +36,8 @@ from pylon_ai.gateway._unary import UnaryCall
 
 #: The only client header, besides the body, that reaches an upstream.
 _FORWARDED_HEADERS = (b"anthropic-beta",)
+#: What a query string may hold unquoted.
+_QUERY_SAFE = "&=+%/:;,?@!$'()*~-._[]"
 #: The C{created} time of every model in OpenAI's shape, and Anthropic's.
 _CREATED = 0
 _CREATED_AT = "2025-01-01T00:00:00Z"
@@ -276,7 +279,8 @@ class CountTokensExchange(_OneShot):
         request = self._request
         query = request.uri.partition(b"?")[2] if request.uri else b""
         if query:
-            url += "?" + query.decode("ascii", "replace")
+            # As the client sent it; bytes a URL cannot hold get quoted.
+            url += "?" + quote_from_bytes(query, safe=_QUERY_SAFE)
         headers = {}
         for name in _FORWARDED_HEADERS:
             value = request.getHeader(name)
