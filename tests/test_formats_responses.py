@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import openai
 from openai import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pylon_ai._errors import ProviderStreamError
 from pylon_ai.formats import chat, messages, responses
@@ -57,6 +59,7 @@ from pylon_ai.formats.responses import (
     unpack_thinking,
 )
 from pylon_ai.formats.responses._tools import flat_name
+from pylon_ai.testing import FakeProvider, FakeReply, FakeToolCall
 
 JSON = dict[str, Any]
 
@@ -1260,3 +1263,94 @@ class ToolNameTests(SynchronousTestCase):
             adapted.request.tool_choice,
             ToolChoice("tool", "multi_agent_v1__spawn_agent"),
         )
+
+
+class FakeProviderTests(TestCase):
+    """
+    The fake provider answers C{/v1/responses} in the Responses format, from
+    the same scripts, as the official SDK reads it.
+    """
+
+    timeout = 15
+
+    async def start(self) -> openai.OpenAI:
+        from twisted.internet import reactor
+
+        fake = FakeProvider(reactor)
+        await fake.start()
+        self.addCleanup(fake.stop)
+        self.fake = fake
+        return openai.OpenAI(
+            base_url=fake.base_url + "/v1", api_key="sk-test", max_retries=0
+        )
+
+    async def test_whole(self) -> None:
+        """
+        C{responses.create} gets reasoning (the signed thinking packed), the
+        text, a call and the usage.
+        """
+        client = await self.start()
+        self.fake.enqueue(
+            FakeReply(
+                ["Hel", "lo"],
+                thinking=["Hmm."],
+                signature="SIG",
+                tool_calls=[FakeToolCall("call_1", "f", ['{"a":', "1}"])],
+                usage=(10, 4),
+            )
+        )
+        response = await deferToThread(
+            client.responses.create, model="fake", input="hi", store=False
+        )
+        self.assertEqual(response.status, "completed")
+        self.assertEqual(response.output_text, "Hello")
+        reasoning, _, call = response.output
+        assert reasoning.type == "reasoning" and call.type == "function_call"
+        assert reasoning.encrypted_content is not None
+        self.assertEqual(
+            unpack_thinking(reasoning.encrypted_content),
+            ReasoningPart("Hmm.", signature="SIG"),
+        )
+        self.assertEqual(
+            (call.call_id, call.name, call.arguments), ("call_1", "f", '{"a":1}')
+        )
+        assert response.usage is not None
+        self.assertEqual(
+            (response.usage.input_tokens, response.usage.output_tokens), (10, 4)
+        )
+        self.assertEqual(self.fake.requests[0].path, "/v1/responses")
+
+    async def test_stream(self) -> None:
+        """
+        C{responses.stream} reads the fake's event stream to its final
+        response.
+        """
+        client = await self.start()
+        self.fake.enqueue(FakeReply(["Hel", "lo"], thinking=["Hmm."], usage=(3, 2)))
+
+        def run() -> tuple[list[str], Any]:
+            with client.responses.stream(model="fake", input="hi") as stream:
+                kinds = [event.type for event in stream]
+                return kinds, stream.get_final_response()
+
+        kinds, final = await deferToThread(run)
+        self.assertEqual(kinds[0], "response.created")
+        self.assertIn("response.reasoning_summary_text.delta", kinds)
+        self.assertEqual(kinds[-1], "response.completed")
+        self.assertEqual(final.output_text, "Hello")
+        self.assertEqual(final.usage.total_tokens, 5)
+
+    async def test_stream_error(self) -> None:
+        """
+        A scripted stream error ends the stream with C{error} and
+        C{response.failed}.
+        """
+        client = await self.start()
+        self.fake.enqueue(FakeReply(["a"], stream_error=True, message="Overloaded"))
+
+        def run() -> list[Any]:
+            return list(client.responses.create(model="fake", input="hi", stream=True))
+
+        events = await deferToThread(run)
+        self.assertEqual([e.type for e in events][-2:], ["error", "response.failed"])
+        self.assertEqual(events[-1].response.error.message, "Overloaded")

@@ -43,15 +43,6 @@ from pylon_ai._encode import (
     sse_frame,
 )
 from pylon_ai._errors import ANTHROPIC_ERROR_STATUS
-from pylon_ai.formats import responses
-from pylon_ai.formats.canonical import (
-    Part,
-    ReasoningPart,
-    Reply,
-    ReplyUsage,
-    TextPart,
-    ToolCallPart,
-)
 from pylon_ai._events import (
     MessageStart,
     ModelEvent,
@@ -63,6 +54,15 @@ from pylon_ai._events import (
     TextDelta,
     ToolCallDelta,
     Usage,
+)
+from pylon_ai.formats import responses
+from pylon_ai.formats.canonical import (
+    Part,
+    ReasoningPart,
+    Reply,
+    ReplyUsage,
+    TextPart,
+    ToolCallPart,
 )
 
 if TYPE_CHECKING:
