@@ -895,6 +895,7 @@ class ReplyTests(SynchronousTestCase):
         """
         A failed or malformed response is an upstream format error.
         """
+        body: Any
         for body in (
             {
                 "status": "failed",
@@ -1330,7 +1331,7 @@ class FakeProviderTests(TestCase):
 
         def run() -> tuple[list[str], Any]:
             with client.responses.stream(model="fake", input="hi") as stream:
-                kinds = [event.type for event in stream]
+                kinds: list[str] = [event.type for event in stream]
                 return kinds, stream.get_final_response()
 
         kinds, final = await deferToThread(run)
