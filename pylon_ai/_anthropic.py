@@ -1,205 +1,23 @@
 """
-The Anthropic Messages wire format: request bodies and stream decoding.
+Where the Messages stream decoder and request builders used to live: they
+are in L{pylon_ai.formats.messages} now.  Kept for modules not yet moved
+(import from L{pylon_ai.formats.messages} in new code).
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterable, Sequence
-from typing import Any
-
-from pylon_ai._errors import ANTHROPIC_ERROR_STATUS, ProviderStreamError, excerpt
-from pylon_ai._events import (
-    MessageStart,
-    ModelEvent,
-    StreamError,
-    TextDelta,
-    ToolCallDelta,
-    Usage,
-    stop_from_anthropic,
+from pylon_ai.formats.messages import (
+    ANTHROPIC_VERSION,
+    MESSAGES_PATH,
+    AnthropicStreamDecoder,
+    error_event,
+    request_body,
+    request_headers,
 )
-from pylon_ai._json import loads
-from pylon_ai._messages import AiMessage
 
-ANTHROPIC_VERSION = "2023-06-01"
-MESSAGES_PATH = "/v1/messages"
-
-
-def request_headers(api_key: str) -> dict[str, str]:
-    """
-    The headers of a Messages request.
-    """
-    return {
-        "x-api-key": api_key,
-        "anthropic-version": ANTHROPIC_VERSION,
-        "content-type": "application/json",
-        "accept": "text/event-stream",
-    }
-
-
-def request_body(
-    messages: Sequence[AiMessage], model: str, max_tokens: int, stream: bool = True
-) -> dict[str, Any]:
-    """
-    A Messages request body for a plain-text conversation.
-
-    Every C{system} message, wherever it stands, goes into the top-level
-    C{system} field (several joined with a blank line, in order): the API
-    rejects C{system} as a message role.
-    """
-    system = [m.content for m in messages if m.role == "system"]
-    body: dict[str, Any] = {
-        "model": model,
-        "max_tokens": max_tokens,
-        "messages": [
-            {"role": m.role, "content": m.content}
-            for m in messages
-            if m.role != "system"
-        ],
-        "stream": stream,
-    }
-    if system:
-        body["system"] = "\n\n".join(system)
-    return body
-
-
-def _usage(raw: object) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    inp = raw.get("input_tokens")
-    out = raw.get("output_tokens")
-    return Usage(
-        inp if isinstance(inp, int) else None,
-        out if isinstance(out, int) else None,
-    )
-
-
-def error_event(data: dict[str, Any], raw: str) -> StreamError:
-    """
-    The L{StreamError} for an Anthropic error object
-    (C{{"type": "error", "error": {"type", "message"}}}).
-    """
-    err = data.get("error")
-    if not isinstance(err, dict):
-        err = {}
-    error_type = err.get("type")
-    if not isinstance(error_type, str):
-        error_type = None
-    message = err.get("message")
-    return StreamError(
-        ANTHROPIC_ERROR_STATUS.get(error_type or ""),
-        error_type,
-        message if isinstance(message, str) else "provider reported an error",
-        excerpt(raw),
-    )
-
-
-class AnthropicStreamDecoder:
-    """
-    Turns the events of a Messages stream into L{ModelEvent}s.
-
-    Feed it each SSE event's type and data with L{feed}; call L{finish} at
-    the end of the stream.
-
-    A I{light} decoder serves pass-through, where the events are forwarded
-    as they are and only the bookkeeping is needed: once the first content
-    arrived, C{content_block_delta} events are only checked to be JSON.
-    """
-
-    def __init__(self, light: bool = False) -> None:
-        """
-        @param light: Skip parsing content deltas once content began.
-        """
-        self._tool_index: dict[int, int] = {}
-        self._stop_reason: str | None = None
-        self._light = light
-        self._content_seen = False
-        self.finished = False
-
-    def feed(self, event_type: str, data: str) -> Iterable[ModelEvent]:
-        """
-        Decode one SSE event.
-
-        @return: The model events it carries (often none).
-        @raise ProviderStreamError: If the data is not the JSON object the
-            event type calls for.
-        """
-        if event_type == "ping":
-            return ()
-        try:
-            obj = loads(data)
-        except ValueError:
-            raise ProviderStreamError(
-                f"malformed Anthropic stream: {event_type} event is not JSON",
-                body=excerpt(data),
-            ) from None
-        if self._content_seen and event_type == "content_block_delta":
-            return ()  # valid JSON, and nothing the books need
-        if not isinstance(obj, dict):
-            raise ProviderStreamError(
-                "malformed Anthropic stream: event data is not an object",
-                body=excerpt(data),
-            )
-        kind = obj.get("type", event_type)
-        try:
-            return self._decode(kind, obj, data)
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise ProviderStreamError(
-                f"malformed Anthropic stream: unexpected {kind} event",
-                body=excerpt(data),
-            ) from None
-
-    def _decode(self, kind: str, obj: dict[str, Any], raw: str) -> Iterable[ModelEvent]:
-        if kind == "content_block_delta":
-            delta = obj["delta"]
-            dtype = delta["type"]
-            if dtype == "text_delta":
-                text = delta["text"]
-                if not text:
-                    return ()
-                self._content_seen = self._light
-                return (TextDelta(text),)
-            if dtype == "input_json_delta":
-                part = delta["partial_json"]
-                index = self._tool_index[obj["index"]]
-                self._content_seen = self._light
-                return (ToolCallDelta(index, arguments=part),) if part else ()
-            return ()  # thinking, signatures, citations: not text
-        if kind == "content_block_start":
-            block = obj["content_block"]
-            if block["type"] == "tool_use":
-                index = len(self._tool_index)
-                self._tool_index[obj["index"]] = index
-                return (ToolCallDelta(index, block["id"], block["name"]),)
-            if block["type"] == "text" and block.get("text"):
-                return (TextDelta(block["text"]),)
-            return ()
-        if kind == "message_start":
-            message = obj["message"]
-            events: list[ModelEvent] = [
-                MessageStart(message.get("id"), message.get("model"))
-            ]
-            usage = _usage(message.get("usage"))
-            if usage is not None:
-                events.append(usage)
-            return events
-        if kind == "message_delta":
-            self._stop_reason = obj["delta"].get("stop_reason")
-            usage = _usage(obj.get("usage"))
-            return (usage,) if usage is not None else ()
-        if kind == "message_stop":
-            self.finished = True
-            return (stop_from_anthropic(self._stop_reason),)
-        if kind == "error":
-            return (error_event(obj, raw),)
-        return ()  # content_block_stop and event types added later
-
-    def finish(self) -> None:
-        """
-        The stream ended.
-
-        @raise ProviderStreamError: If it ended before C{message_stop}.
-        """
-        if not self.finished:
-            raise ProviderStreamError(
-                "Anthropic stream ended before message_stop (connection closed early)"
-            )
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "MESSAGES_PATH",
+    "AnthropicStreamDecoder",
+    "error_event",
+    "request_body",
+    "request_headers",
+]

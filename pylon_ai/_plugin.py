@@ -11,8 +11,6 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from pylon_ai import _anthropic, _openai
-from pylon_ai._events import ModelEvent, TextDelta
 from pylon_ai._http import shared_http_client
 from pylon_ai._json import dumps
 from pylon_ai._messages import AiMessage
@@ -26,6 +24,9 @@ from pylon_ai._provider import (
 )
 from pylon_ai._sse import DEFAULT_MAX_EVENT_LENGTH, DEFAULT_MAX_LINE_LENGTH
 from pylon_ai._upstream import StreamCall, StreamDecoder
+from pylon_ai.formats import chat as chat_format
+from pylon_ai.formats import messages as messages_format
+from pylon_ai.formats.events import ModelEvent, TextDelta
 
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_TIMEOUT = 120.0
@@ -164,12 +165,12 @@ class AiProxyPlugin:
         p = self._provider
         decoder: StreamDecoder
         if isinstance(p, AnthropicProvider):
-            headers = _anthropic.request_headers(p.api_key)
-            body = _anthropic.request_body(messages, p.model, self.max_tokens)
-            decoder = _anthropic.AnthropicStreamDecoder()
+            headers = messages_format.request_headers(p.api_key)
+            body = messages_format.request_body(messages, p.model, self.max_tokens)
+            decoder = messages_format.AnthropicStreamDecoder()
         else:
-            headers = _openai.request_headers(p.api_key)
-            body = _openai.request_body(
+            headers = chat_format.request_headers(p.api_key)
+            body = chat_format.request_body(
                 messages,
                 p.model,
                 self.max_tokens,
@@ -179,7 +180,7 @@ class AiProxyPlugin:
                     else "max_tokens"
                 ),
             )
-            decoder = _openai.OpenAIStreamDecoder()
+            decoder = chat_format.OpenAIStreamDecoder()
         return p.url, headers, dumps(body), decoder
 
     def stream_events(

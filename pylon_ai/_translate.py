@@ -20,7 +20,6 @@ from typing import Any
 from pylon_ai._translate_request import (
     _NO_DEFAULT,
     JSON,
-    TranslationError,
     _check_fields,
     _field,
     _items,
@@ -32,10 +31,10 @@ from pylon_ai._translate_request import (
     openai_request_to_anthropic,
 )
 from pylon_ai._translate_response import (
-    UpstreamFormatError,
     anthropic_response_to_openai,
     openai_response_to_anthropic,
 )
+from pylon_ai.formats.errors import TranslationError, UpstreamFormatError
 
 __all__ = [
     "TOOL_ERROR_PREFIX",

@@ -13,6 +13,8 @@ import json
 import math
 from typing import Any
 
+from pylon_ai.formats.errors import TranslationError
+
 JSON = dict[str, Any]
 
 #: What message content may be, for error messages.
@@ -20,23 +22,6 @@ _CONTENT = "a string or an array of content parts"
 
 #: How several system prompts (or text parts folded into one string) join.
 _JOIN = "\n\n"
-
-
-class TranslationError(ValueError):
-    """
-    A client request cannot be translated to the upstream's format.
-
-    The gateway answers it with a 400 in the called API's error shape.
-
-    @ivar message: Readable text.
-    @ivar param: The offending field as a path (C{"logit_bias"},
-        C{"messages[2].content[0].image_url.url"}), or L{None}.
-    """
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 def _field(

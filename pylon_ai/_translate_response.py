@@ -12,20 +12,14 @@ import json
 import time
 from typing import Any
 
-from pylon_ai._errors import ProviderError
-from pylon_ai._events import stop_from_anthropic, stop_from_openai, stop_to_openai
+from pylon_ai.formats.errors import UpstreamFormatError
+from pylon_ai.formats.events import (
+    stop_from_anthropic,
+    stop_from_openai,
+    stop_to_openai,
+)
 
 JSON = dict[str, Any]
-
-
-class UpstreamFormatError(ProviderError, ValueError):
-    """
-    An upstream response does not have the shape its API promises.
-
-    It is a L{ProviderError} (the gateway answers 502) and a C{ValueError}.
-    C{status}, C{error_type} and C{body} are L{None}: the caller that knows
-    the HTTP exchange reports those.
-    """
 
 
 def _need(obj: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:

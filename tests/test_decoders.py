@@ -10,9 +10,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pylon_ai._anthropic import AnthropicStreamDecoder
 from pylon_ai._errors import ProviderStreamError
-from pylon_ai._events import (
+from pylon_ai.formats.chat import OpenAIStreamDecoder
+from pylon_ai.formats.events import (
     ModelEvent,
     Stop,
     StreamError,
@@ -21,7 +21,7 @@ from pylon_ai._events import (
     Usage,
     merge_usage,
 )
-from pylon_ai._openai import OpenAIStreamDecoder
+from pylon_ai.formats.messages import AnthropicStreamDecoder
 from pylon_ai.sse import Event, SSEProtocol
 
 try:

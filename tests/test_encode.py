@@ -9,16 +9,11 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pylon_ai._encode import (
-    AnthropicStreamEncoder,
-    OpenAIStreamEncoder,
-    ToolCall,
-    anthropic_message_body,
-    dumps,
-    openai_completion_body,
-    sse_frame,
-)
-from pylon_ai._events import (
+from pylon_ai._json import dumps
+from pylon_ai.formats._frames import sse_frame
+from pylon_ai.formats.canonical import ToolCall
+from pylon_ai.formats.chat import OpenAIStreamEncoder, openai_completion_body
+from pylon_ai.formats.events import (
     MessageStart,
     ModelEvent,
     Stop,
@@ -28,6 +23,7 @@ from pylon_ai._events import (
     Usage,
     stop_from_openai,
 )
+from pylon_ai.formats.messages import AnthropicStreamEncoder, anthropic_message_body
 
 try:
     from tests._fixtures import load_fixture
@@ -140,11 +136,21 @@ class AnthropicStreamEncoderTests(SynchronousTestCase):
     """
 
     def expected(self, name: str) -> list[tuple[str, Any]]:
-        return [
+        """
+        The fixture's events, with the input tokens of C{message_start} in
+        C{message_delta} too: the encoder puts them in both, as the API does
+        today (the documentation's older example has them only at the start).
+        """
+        events = [
             (event["type"], json.loads(event["data"]))
             for event in fixture(name)["sse_events"]
             if event["type"] != "ping"
         ]
+        start = events[0][1]["message"]["usage"]
+        for kind, data in events:
+            if kind == "message_delta":
+                data["usage"] = {"input_tokens": start["input_tokens"], **data["usage"]}
+        return events
 
     def test_tool_use_fixture(self) -> None:
         """
@@ -503,6 +509,7 @@ class BodyTests(SynchronousTestCase):
                         "message": {
                             "role": "assistant",
                             "content": None,
+                            "refusal": None,
                             "tool_calls": [
                                 {
                                     "id": "call_1",
@@ -529,5 +536,7 @@ class BodyTests(SynchronousTestCase):
     def test_openai_text(self) -> None:
         body = openai_completion_body(model="m", text="hi", stop=Stop("max_tokens"))
         choice = body["choices"][0]
-        self.assertEqual(choice["message"], {"role": "assistant", "content": "hi"})
+        self.assertEqual(
+            choice["message"], {"role": "assistant", "content": "hi", "refusal": None}
+        )
         self.assertEqual(choice["finish_reason"], "length")

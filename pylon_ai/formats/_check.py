@@ -13,9 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pylon_ai._translate_request import TranslationError
-from pylon_ai._translate_response import UpstreamFormatError
 from pylon_ai.formats.canonical import JSON, Extra
+from pylon_ai.formats.errors import TranslationError, UpstreamFormatError
 
 #: Marks a refusable field that has no harmless default value.
 NO_DEFAULT = object()

@@ -82,7 +82,7 @@ from typing import Any, Literal
 
 from attrs import evolve, field, frozen
 
-from pylon_ai._events import Stop
+from pylon_ai.formats.events import Stop, Usage
 
 JSON = dict[str, Any]
 
@@ -489,6 +489,18 @@ class ReplyUsage:
         return self.input_tokens + self.cache_read_tokens + self.cache_creation_tokens
 
 
+def reply_usage(usage: Usage) -> ReplyUsage:
+    """
+    The L{ReplyUsage} of a stream's L{Usage} (counts not reported are 0).
+    """
+    return ReplyUsage(
+        input_tokens=usage.input_tokens or 0,
+        output_tokens=usage.output_tokens or 0,
+        cache_read_tokens=usage.cache_read_tokens or 0,
+        cache_creation_tokens=usage.cache_creation_tokens or 0,
+    )
+
+
 @frozen
 class Reply:
     """
@@ -507,6 +519,33 @@ class Reply:
     stop: Stop
     usage: ReplyUsage = ReplyUsage()
     stop_sequence: str | None = None
+
+
+@frozen
+class ToolCall:
+    """
+    A complete tool call with its arguments as JSON text, as a whole reply
+    is built from pieces (L{pylon_ai.testing}'s fake provider).
+
+    @ivar id: The call id.
+    @ivar name: The tool name.
+    @ivar arguments: The arguments as a JSON document (C{""} means C{{}}).
+    """
+
+    id: str
+    name: str
+    arguments: str = ""
+
+    def part(self) -> ToolCallPart:
+        """
+        The call as a L{ToolCallPart}.
+
+        @raise ValueError: Its arguments are not a JSON object.
+        """
+        arguments = json.loads(self.arguments) if self.arguments.strip() else {}
+        if not isinstance(arguments, dict):
+            raise ValueError(f"tool call {self.id} arguments are not a JSON object")
+        return ToolCallPart(self.id, self.name, arguments)
 
 
 def structured_output_tool(output: OutputFormat) -> Tool:
