@@ -1,20 +1,30 @@
 """
 The C{twistd pylon-ai} plugin's options and service.
 
-    twistd -n pylon-ai --port 8080 --config pylon.toml
+    twistd -n pylon-ai --port 8080 --config pylon.toml [--workers N]
+
+With C{--workers 1} (the default) the process is the gateway.  With more,
+it is a supervisor (L{pylon_ai.gateway._workers}): it opens the port and
+runs the workers, each a C{twistd pylon-ai} of its own started through
+L{run_worker}.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from zope.interface import implementer
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -22,6 +32,14 @@ from pylon_ai.gateway._config import Config, ConfigError, default_config, load_c
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._server import make_site
 from pylon_ai.gateway._websocket import GatewayWebSocketFactory
+from pylon_ai.gateway._workers import (
+    WORKER_FD,
+    ParentWatch,
+    Supervisor,
+    adopted_family,
+    json_log_observer,
+    listen_shared,
+)
 
 #: Where the configuration keys are described.
 CONFIG_REFERENCE = 'README.rst, section "The gateway service"'
@@ -91,7 +109,7 @@ class Options(usage.Options):
     Command-line options of C{twistd pylon-ai}.
     """
 
-    synopsis = "[--port PORT|ENDPOINT] [--config FILE]"
+    synopsis = "[--port PORT|ENDPOINT] [--config FILE] [--workers N|auto]"
     longdesc = (
         "An LLM gateway: OpenAI and Anthropic compatible APIs in front of "
         "Anthropic, OpenAI and OpenAI-compatible servers.  With no --config it "
@@ -103,16 +121,19 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", "8080", "Port number or Twisted endpoint string"],
         ["config", "c", None, "TOML configuration file (see the README)"],
+        ["workers", "w", "1", "Worker processes: N, or auto (one a core)"],
     ]
 
     def postOptions(self) -> None:
         """
         Load the configuration and work out the listening endpoint.
 
-        @raise SystemExit: With a one-line message, for a bad configuration
-            or for serving without client keys beyond loopback (a usage
-            error would print the whole usage text before it).
+        @raise SystemExit: With a one-line message, for a bad configuration,
+            a bad C{--workers}, or for serving without client keys beyond
+            loopback (a usage error would print the whole usage text before
+            it).
         """
+        self["workers"] = _workers(self["workers"])
         try:
             self.config: Config = (
                 load_config(self["config"]) if self["config"] else default_config()
@@ -147,7 +168,27 @@ class Options(usage.Options):
                 "127.0.0.1, [::1] or one of [server] allowed_hosts are served.",
                 endpoint=port,
             )
+        if self["workers"] > 1 and _endpoint_arguments(port)[0][:1] == ["ssl"]:
+            # Workers adopt a plain socket; the TLS settings stay behind.
+            raise SystemExit(
+                f"pylon-ai: --workers cannot share the TLS endpoint {port}: "
+                "terminate TLS in front of the gateway, or use --workers 1"
+            )
         self["endpoint"] = port
+
+
+def _workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise SystemExit(
+            f"pylon-ai: --workers must be a positive number or auto, not {value!r}"
+        )
+    return count
 
 
 class GatewayService(MultiService):
@@ -160,11 +201,20 @@ class GatewayService(MultiService):
 
     log = Logger()
 
-    def __init__(self, gateway: Gateway, endpoint: Any) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        endpoint: Any,
+        health: Mapping[str, object] | None = None,
+    ) -> None:
+        """
+        @param health: Fields C{/healthz} adds to its reply (a worker's
+            number and pid).
+        """
         super().__init__()
         self.gateway = gateway
         self.websockets = GatewayWebSocketFactory(gateway)
-        site = make_site(gateway, WebSocketResource(self.websockets))
+        site = make_site(gateway, WebSocketResource(self.websockets), health=health)
         # Open WebSockets left the site's books but hold connections too.
         site.upgraded = lambda: len(self.websockets.open_sockets)
         self.site = site
@@ -193,18 +243,28 @@ def _stop_on_sigterm(reactor: Any) -> None:
     # signal so the process dies "killed by SIGTERM"; a stop the operator
     # asked for, that drained cleanly, is a success: exit 0.
     def handler(signum: int, frame: object) -> None:
-        reactor.callFromThread(reactor.stop)
+        reactor.callFromThread(_stop, reactor)
 
     signal.signal(signal.SIGTERM, handler)
 
 
+def _stop(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except ReactorNotRunning:  # already stopping: a second signal
+        pass
+
+
 def makeService(options: Options) -> IService:
     """
-    Build the service C{twistd} runs.
+    Build the service C{twistd} runs: the gateway, or with C{--workers}
+    above 1 the supervisor of that many.
     """
     from twisted.internet import reactor
 
     reactor.callWhenRunning(_stop_on_sigterm, reactor)
+    if options["workers"] > 1:
+        return _supervisor(options, reactor)
 
     endpoint = serverFromString(reactor, options["endpoint"])
     gateway = Gateway(options.config, reactor)
@@ -215,3 +275,103 @@ def makeService(options: Options) -> IService:
         endpoint=options["endpoint"],
     )
     return service
+
+
+#: How a supervisor starts a worker: L{run_worker} in a new interpreter.
+WORKER_ENTRY = "from pylon_ai.tap import run_worker; run_worker()"
+
+
+def _supervisor(options: Options, reactor: Any) -> IService:
+    endpoint = serverFromString(reactor, options["endpoint"])
+    try:
+        shared = listen_shared(endpoint)
+    except Exception as e:
+        raise SystemExit(
+            f"pylon-ai: cannot listen on {options['endpoint']}: "
+            + " ".join(str(e).split())
+        ) from None
+    # Workers read the very file the supervisor checked (cwd is shared too).
+    config = (
+        ["--config", os.path.abspath(options["config"])] if options["config"] else []
+    )
+    logger = f"{json_log_observer.__module__}.{json_log_observer.__name__}"
+
+    def command(number: int) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            WORKER_ENTRY,
+            str(number),
+            "--nodaemon",
+            "--pidfile=",
+            f"--logger={logger}",
+            "pylon-ai",
+            *config,
+        ]
+
+    supervisor = Supervisor(
+        reactor,
+        shared,
+        workers=options["workers"],
+        command=command,
+        grace=options.config.server.shutdown_grace_s,
+    )
+    Logger().info(
+        "pylon-ai serving models {models} on {endpoint} with {n} workers",
+        models=", ".join(dict.fromkeys(m.name for m in options.config.models)),
+        endpoint=options["endpoint"],
+        n=options["workers"],
+    )
+    return supervisor
+
+
+@implementer(IServiceMaker)
+class _WorkerMaker:
+    """
+    C{twistd pylon-ai} as worker C{number} of a supervisor: the same options,
+    a gateway on the socket the supervisor passed.
+    """
+
+    tapname = "pylon-ai"
+    description = "A worker of twistd pylon-ai --workers."
+    options = Options
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def makeService(self, options: Options) -> IService:
+        from twisted.internet import reactor
+
+        reactor.callWhenRunning(_stop_on_sigterm, reactor)
+        endpoint = AdoptedStreamServerEndpoint(
+            reactor, WORKER_FD, adopted_family(WORKER_FD)
+        )
+        service = GatewayService(
+            Gateway(options.config, reactor),
+            endpoint,
+            health={"worker": self.number, "pid": os.getpid()},
+        )
+        # Standard input is a pipe from the supervisor: its end means the
+        # supervisor is gone, and a worker without one drains and exits.
+        reactor.callWhenRunning(ParentWatch, reactor, 0, lambda: _stop(reactor))
+        return service
+
+
+def run_worker() -> None:
+    """
+    The entry point of a worker process (private: the supervisor starts
+    it): C{twistd} with this plugin alone, found without a plugin search.
+    The first argument is the worker's number, the rest are twistd's.
+    """
+    from twisted.application import app
+    from twisted.scripts import twistd
+
+    maker = _WorkerMaker(int(sys.argv.pop(1)))
+
+    def plugins(interface: Any, package: Any = None) -> list[Any]:
+        return [maker]
+
+    class WorkerServerOptions(twistd.ServerOptions):  # type: ignore[name-defined,misc]
+        _getPlugins = staticmethod(plugins)
+
+    app.run(twistd.runApp, WorkerServerOptions)

@@ -1,8 +1,15 @@
 """
 Prometheus metrics of the service, in a registry of its own.
+
+Under C{--workers N} each worker counts in files of a directory the
+supervisor shares between them (prometheus-client's multiprocess mode, chosen
+by the L{MULTIPROCESS_ENV} variable before the library is imported), and
+C{/metrics} on any worker sums what every worker, living or dead, counted.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CollectorRegistry,
@@ -11,6 +18,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+#: The variable naming the directory shared by the workers' metrics:
+#: prometheus-client's own, read when it is first imported.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -36,6 +47,9 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        #: The directory of the workers' metrics, or L{None} in a single
+        #: process.
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "pylon_requests",
@@ -67,6 +81,9 @@ class Metrics:
             "pylon_streams_in_flight",
             "Streaming responses open now.",
             registry=self.registry,
+            # Across workers: the sum over the living ones (a dead worker's
+            # streams are gone with it).
+            multiprocess_mode="livesum",
         )
         self.ws_bad_messages = Counter(
             "pylon_ws_bad_messages",
@@ -90,6 +107,28 @@ class Metrics:
 
     def render(self) -> bytes:
         """
-        The metrics in Prometheus text format.
+        The metrics in Prometheus text format: under workers, the totals of
+        all of them.
         """
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        # A registry per scrape: the collector reads every worker's files
+        # as they are now.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
+
+
+def forget_process(directory: str, pid: int) -> None:
+    """
+    Drop the live gauges of a worker that has ended (its counters stay in
+    the totals).
+
+    @param directory: The workers' metrics directory.
+    @param pid: The process id of the worker.
+    """
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, path=directory)
