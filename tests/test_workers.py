@@ -522,8 +522,9 @@ class WorkersTests(TestCase):
         reactor.spawnProcess(gateway, sys.executable, args, env=env, path=str(work))
         self.addCleanup(self._kill_all, gateway)
         await self.until(
-            lambda: gateway.listening() == gateway.started()
-            and len(gateway.started()) == 2,
+            lambda: (
+                gateway.listening() == gateway.started() and len(gateway.started()) == 2
+            ),
             "two workers listening",
             STARTUP_DEADLINE,
         )

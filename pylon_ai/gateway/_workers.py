@@ -126,7 +126,9 @@ def listen_shared(endpoint: Any) -> SharedSocket:
     @raise Exception: What the endpoint raised, e.g. C{CannotListenError}.
     """
     result: list[Any] = []
-    d = endpoint.listen(Factory())
+    factory = Factory()
+    factory.noisy = False  # it never builds a protocol: nothing to say
+    d = endpoint.listen(factory)
     d.addBoth(result.append)
     if not result:
         d.cancel()

@@ -1,0 +1,1 @@
+``twistd pylon-ai --workers N`` (or ``auto``, one per core) runs N worker processes on one listening socket: a worker that dies is restarted, SIGTERM drains them all, ``/metrics`` shows the totals of all workers and ``/healthz`` names the worker that answered.
