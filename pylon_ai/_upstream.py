@@ -1,8 +1,8 @@
 """
-One streaming HTTP request to a provider, with an idle timeout, clean
-cancellation and provider errors mapped to L{ProviderError}.
-
-The library's plugin and the gateway service both use L{StreamCall}.
+One HTTP request to a provider, with timeouts, clean cancellation and
+provider errors mapped to L{ProviderError}: a streamed reply
+(L{StreamCall}, which the library's plugin and the gateway use) or one whole
+JSON body (L{BodyCall}, the gateway's same-format non-streaming requests).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from twisted.internet.error import (
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed
+from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
@@ -287,7 +287,7 @@ class _ErrorBody(Protocol):
     Collects the start of an error body, and no more than that.
     """
 
-    def __init__(self, call: StreamCall, done: Callable[[bytes], None]) -> None:
+    def __init__(self, call: _Call, done: Callable[[bytes], None]) -> None:
         self._call = call
         self._done = done
         self._parts: list[bytes] = []
@@ -305,73 +305,38 @@ class _ErrorBody(Protocol):
         self._done(b"".join(self._parts)[:_ERROR_BODY_LIMIT])
 
 
-class StreamCall:
+class _Call:
     """
-    One POST to a provider whose reply is an event stream.
-
-    L{deferred} fires with L{None} once the stream finished cleanly, after
-    C{on_event} saw every model event; it fails with a L{ProviderError} (or
-    the exception C{on_event} raised) otherwise.  Cancelling it aborts the
-    request and closes its connection.
-
-    L{ProviderError}s it fails with never hold the request's own
-    credentials (its C{authorization}, C{x-api-key}... header values), nor
-    anything that looks like one.
+    What every POST to a provider shares, whatever its reply: the timeouts,
+    cancellation, the errors of a non-2xx reply, and scrubbing the request's
+    credentials out of them.  A subclass reads a 2xx reply (L{_read}).
 
     @ivar deferred: The outcome.
     @ivar response: The upstream response once its headers arrived.
-    @ivar max_event_length: The largest SSE event accepted (see
-        L{SSEProtocol}); it may be changed until the response arrives.
     """
+
+    #: Where the call is when it goes idle after the headers came, for the
+    #: timeout's message.
+    _reading = "mid-stream"
 
     def __init__(
         self,
         clock: IReactorTime,
-        decoder: StreamDecoder,
-        on_event: Callable[[ModelEvent], object],
         *,
         label: str,
         timeout: float,
-        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
-        max_event_length: int = DEFAULT_MAX_EVENT_LENGTH,
-        on_sse: Callable[[Event, list[ModelEvent]], object] | None = None,
-        first_byte_timeout: float | None = None,
-        request_timeout: float | None = None,
-        on_start: Callable[[], object] | None = None,
-        on_flush: Callable[[], object] | None = None,
+        first_byte_timeout: float | None,
+        request_timeout: float | None,
+        on_start: Callable[[], object] | None,
     ) -> None:
-        """
-        @param clock: Schedules the idle timeout.
-        @param decoder: The wire format's decoder.
-        @param on_event: Called with each model event, in order.
-        @param label: Names the provider in error messages (never a key).
-        @param timeout: Seconds without progress before the call fails.
-        @param max_line_length: The longest SSE line accepted.
-        @param max_event_length: The largest SSE event accepted, all its
-            lines together.
-        @param on_sse: If given, called with each SSE event of the stream
-            and the model events it decoded to, before C{on_event} sees
-            them (for pass-through).  Error events are not passed to it.
-        @param first_byte_timeout: Seconds from the start to the first byte
-            of the body, if that is to be shorter or longer than C{timeout}.
-        @param request_timeout: Seconds the whole call may take, if bounded.
-        @param on_start: Called once, just before the first event of the
-            stream is delivered (after that, retrying would splice streams).
-        @param on_flush: Called after the events of each read were
-            delivered, so a consumer can write them out in one go.
-        """
         self._clock = clock
-        self._decoder = decoder
-        self._on_event = on_event
         self._label = label
         self._timeout = timeout
-        self._max_line = max_line_length
-        self.max_event_length = max_event_length
-        self._on_sse = on_sse
         self._first_byte_timeout = first_byte_timeout
         self._request_timeout = request_timeout
         self._on_start = on_start
-        self.on_flush = on_flush
+        #: Whether the idle timeout runs while the headers are awaited.
+        self._idle_while_waiting = True
         self._started_at = 0.0
         self._got_body = False
         self.deferred: Deferred[None] = Deferred(self._cancel)
@@ -380,7 +345,6 @@ class StreamCall:
         self._last_progress = 0.0
         self._request: Deferred[Any] | None = None
         self._body: Protocol | None = None
-        self._flow: _Flow | None = None
         #: The client paused the upstream (it is not reading): the idle
         #: timeout does not run meanwhile.
         self.paused = False
@@ -442,10 +406,17 @@ class StreamCall:
         self._last_progress = self._clock.seconds()
         self._got_body = True
 
+    def _idle_runs(self) -> bool:
+        return not self.paused and (
+            self._idle_while_waiting or self.response is not None
+        )
+
     def _next_check(self) -> float:
         # Seconds from now until the earliest of the limits could expire.
         now = self._clock.seconds()
         due = (now if self.paused else self._last_progress) + self._timeout
+        if not (self._idle_while_waiting or self.response is not None):
+            due = float("inf")
         if self._first_byte_timeout is not None and not self._got_body:
             due = self._started_at + self._first_byte_timeout
         if self._request_timeout is not None:
@@ -464,9 +435,9 @@ class StreamCall:
                     f"within {self._first_byte_timeout:g} s"
                 )
             return None
-        if not self.paused and now - self._last_progress >= self._timeout:
+        if self._idle_runs() and now - self._last_progress >= self._timeout:
             where = (
-                "waiting for the response" if self.response is None else "mid-stream"
+                "waiting for the response" if self.response is None else self._reading
             )
             return f"no progress from {self._label} for {self._timeout:g} s ({where})"
         return None
@@ -551,6 +522,93 @@ class StreamCall:
             )
             response.deliverBody(self._body)
             return
+        self._read(response)
+
+    def _read(self, response: IResponse) -> None:
+        """
+        Read a 2xx reply.
+        """
+        raise NotImplementedError()
+
+    def _started(self) -> None:
+        # Once: after this the outcome is final (the caller delivers).
+        if self._on_start is not None:
+            on_start, self._on_start = self._on_start, None
+            on_start()
+
+
+class StreamCall(_Call):
+    """
+    One POST to a provider whose reply is an event stream.
+
+    L{deferred} fires with L{None} once the stream finished cleanly, after
+    C{on_event} saw every model event; it fails with a L{ProviderError} (or
+    the exception C{on_event} raised) otherwise.  Cancelling it aborts the
+    request and closes its connection.
+
+    L{ProviderError}s it fails with never hold the request's own
+    credentials (its C{authorization}, C{x-api-key}... header values), nor
+    anything that looks like one.
+
+    @ivar deferred: The outcome.
+    @ivar response: The upstream response once its headers arrived.
+    @ivar max_event_length: The largest SSE event accepted (see
+        L{SSEProtocol}); it may be changed until the response arrives.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        decoder: StreamDecoder,
+        on_event: Callable[[ModelEvent], object],
+        *,
+        label: str,
+        timeout: float,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_event_length: int = DEFAULT_MAX_EVENT_LENGTH,
+        on_sse: Callable[[Event, list[ModelEvent]], object] | None = None,
+        first_byte_timeout: float | None = None,
+        request_timeout: float | None = None,
+        on_start: Callable[[], object] | None = None,
+        on_flush: Callable[[], object] | None = None,
+    ) -> None:
+        """
+        @param clock: Schedules the idle timeout.
+        @param decoder: The wire format's decoder.
+        @param on_event: Called with each model event, in order.
+        @param label: Names the provider in error messages (never a key).
+        @param timeout: Seconds without progress before the call fails.
+        @param max_line_length: The longest SSE line accepted.
+        @param max_event_length: The largest SSE event accepted, all its
+            lines together.
+        @param on_sse: If given, called with each SSE event of the stream
+            and the model events it decoded to, before C{on_event} sees
+            them (for pass-through).  Error events are not passed to it.
+        @param first_byte_timeout: Seconds from the start to the first byte
+            of the body, if that is to be shorter or longer than C{timeout}.
+        @param request_timeout: Seconds the whole call may take, if bounded.
+        @param on_start: Called once, just before the first event of the
+            stream is delivered (after that, retrying would splice streams).
+        @param on_flush: Called after the events of each read were
+            delivered, so a consumer can write them out in one go.
+        """
+        super().__init__(
+            clock,
+            label=label,
+            timeout=timeout,
+            first_byte_timeout=first_byte_timeout,
+            request_timeout=request_timeout,
+            on_start=on_start,
+        )
+        self._decoder = decoder
+        self._on_event = on_event
+        self._max_line = max_line_length
+        self.max_event_length = max_event_length
+        self._on_sse = on_sse
+        self.on_flush = on_flush
+        self._flow: _Flow | None = None
+
+    def _read(self, response: IResponse) -> None:
         ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         if b"event-stream" not in ctype:
             self._body = _ErrorBody(self, lambda body: self._wrong_type(ctype, body))
@@ -605,9 +663,7 @@ class StreamCall:
             for e in events:
                 if type(e) is StreamError:
                     self._emit((e,))
-            if self._on_start is not None:
-                on_start, self._on_start = self._on_start, None
-                on_start()
+            self._started()
             if self._on_sse is not None:
                 self._on_sse(event, events)
         self._emit(events)
@@ -641,6 +697,173 @@ class StreamCall:
                     "before the stream finished"
                 )
             )
+
+
+class BodyTooLarge(ProviderError):
+    """
+    A whole reply was larger than the caller reads.  Asking again would
+    only bring it again: it is not worth a retry.
+
+    @ivar limit: The bound, in bytes.
+    """
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class _WholeBody(Protocol):
+    """
+    Collects a 2xx reply body, up to a bound.
+    """
+
+    def __init__(self, call: BodyCall, limit: int) -> None:
+        self._call = call
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._size > self._limit:
+            return  # refused already; the connection is being closed
+        self._call.progress()
+        self._size += len(data)
+        if self._size > self._limit:
+            self._parts.clear()
+            self._call.too_large()
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._call.body_ended(b"".join(self._parts), reason)
+
+
+class BodyCall(_Call):
+    """
+    One POST to a provider whose reply is one JSON body (a request with
+    C{stream: false}).
+
+    L{deferred} fires with L{None} once the whole body arrived and
+    C{on_body} was called with it; it fails with a L{ProviderError} (or the
+    exception C{on_body} raised) otherwise: a non-2xx reply, a body that is
+    cut off or not a JSON object (L{ProviderStreamError}), one larger than
+    the bound (L{BodyTooLarge}), a timeout.  Cancelling it aborts the
+    request and closes its connection.
+
+    Without streaming the headers come once the whole reply was generated,
+    which may take minutes: until they come, only C{request_timeout} bounds
+    the wait (when it is not given, the idle timeout does, so that nothing
+    hangs).  Once they came, silence for C{timeout} is idleness, as in a
+    stream.
+
+    @ivar deferred: The outcome.
+    @ivar response: The upstream response once its headers arrived.
+    """
+
+    _reading = "reading the body"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        on_body: Callable[[bytes, dict[str, Any]], object],
+        *,
+        label: str,
+        timeout: float,
+        max_body_length: int,
+        request_timeout: float | None = None,
+        on_start: Callable[[], object] | None = None,
+    ) -> None:
+        """
+        @param clock: Schedules the timeouts.
+        @param on_body: Called once with the body's bytes and the JSON
+            object they hold.
+        @param label: Names the provider in error messages (never a key).
+        @param timeout: Seconds without progress, once the headers came,
+            before the call fails.
+        @param max_body_length: The largest body accepted, in bytes.
+        @param request_timeout: Seconds the whole call may take, if bounded.
+        @param on_start: Called once, just before C{on_body}.
+        """
+        super().__init__(
+            clock,
+            label=label,
+            timeout=timeout,
+            first_byte_timeout=None,
+            request_timeout=request_timeout,
+            on_start=on_start,
+        )
+        self._idle_while_waiting = request_timeout is None
+        self._on_body = on_body
+        self._max_body = max_body_length
+
+    @property
+    def producer(self) -> Any:
+        """
+        Always L{None}: a whole body is read at once, never relayed piece by
+        piece to a slow client.
+        """
+        return None
+
+    def _read(self, response: IResponse) -> None:
+        # The timer was set for the request timeout alone: the idle timeout
+        # runs from now on.
+        self._stop_timer()
+        self._timer = self._clock.callLater(self._next_check(), self._check_idle)
+        self._body = _WholeBody(self, self._max_body)
+        response.deliverBody(self._body)
+
+    def too_large(self) -> None:
+        """
+        The body grew past the bound: stop reading it.
+        """
+        self._fail(
+            BodyTooLarge(
+                f"the reply of {self._label} is larger than {self._max_body} bytes",
+                self._max_body,
+            )
+        )
+        self._abort()
+
+    def body_ended(self, data: bytes, reason: Failure) -> None:
+        """
+        The body ended, whole or not.
+        """
+        if self._over:
+            return
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            self._fail(
+                ProviderStreamError(
+                    f"connection to {self._label} lost before the whole body arrived"
+                )
+            )
+            return
+        try:
+            obj = loads(data)
+        except ValueError:
+            # Bytes that are not UTF-8 are replaced, as in a stream; the
+            # client gets valid JSON, which is all that is lost.
+            text = data.decode("utf-8", "replace")
+            try:
+                obj = loads(text)
+            except ValueError:
+                obj = None
+            else:
+                data = text.encode("utf-8")
+        if not isinstance(obj, dict):
+            self._fail(
+                ProviderStreamError(
+                    f"{self._label} answered with a body that is not a JSON object",
+                    body=excerpt(_scrubbed_text(data, self._scrubber())),
+                )
+            )
+            return
+        try:
+            self._started()
+            self._on_body(data, obj)
+        except BaseException:
+            self._fail(Failure())
+        else:
+            self._succeed()
 
 
 @implementer(IPushProducer)

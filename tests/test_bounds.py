@@ -218,19 +218,27 @@ class GatewayBoundTests(_HTTPCase):
         """
         A non-streaming reply whose text passes C{max_reply_bytes}: a 502 in
         the caller's format naming the bound, and the upstream connection is
-        closed (the upstream would otherwise keep it open: it stalls).
+        closed (the upstream would otherwise keep it open: it stalls).  A
+        same-format reply is the upstream's whole body, refused likewise.
         """
+        big = b'{"pad": "' + b"x" * 40 * 1024 + b'"}'
         for route, model in [(CHAT, "gpt"), (MESSAGES, "claude"), (CHAT, "claude")]:
-            self.fake.enqueue(FakeReply(chunks=["x" * 1024] * 40, stall_after=40))
+            translated = (route == CHAT) != (model == "gpt")
+            if translated:
+                self.fake.enqueue(FakeReply(chunks=["x" * 1024] * 40, stall_after=40))
+            else:
+                self.fake.enqueue(FakeReply(raw_body=big))
             status, _, content = await self.post(route, _request(route, model, False))
             self.assertEqual(status, 502, route)
             message = self.assert_error(route, content)
             self.assertIn("32768", message)
-            await within(self.fake.requests[-1].disconnected)
+            if translated:
+                await within(self.fake.requests[-1].disconnected)
 
     async def test_tool_arguments_too_large(self) -> None:
         """
-        Tool-call arguments count towards the bound too.
+        Tool-call arguments count towards the bound too (in a reply
+        collected from a translated stream).
         """
         fragments = ['{"a": "'] + ["y" * 1024] * 40 + ['"}']
         self.fake.enqueue(
@@ -239,7 +247,7 @@ class GatewayBoundTests(_HTTPCase):
                 stall_after=len(fragments),
             )
         )
-        status, _, content = await self.post(CHAT, _request(CHAT, "gpt", False))
+        status, _, content = await self.post(CHAT, _request(CHAT, "claude", False))
         self.assertEqual(status, 502)
         self.assert_error(CHAT, content)
         await within(self.fake.requests[-1].disconnected)

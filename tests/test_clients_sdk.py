@@ -42,7 +42,6 @@ T = TypeVar("T")
 #: Why a test of a pairing is expected to fail for now (trial's C{todo}: an
 #: unexpected success fails the run, so each entry goes once its work lands).
 CANONICAL = "translated reasoning and structured output (issue 9, items 1-3)"
-FAITHFUL = "same-format whole replies byte-equal (issue 9, item 5)"
 
 THINKING = ("The user wants ", "a number. ", "42 it is.")
 THINKING_TEXT = "".join(THINKING)
@@ -722,7 +721,6 @@ class _AnthropicClient(_Gateway):
 class OpenAIClientOpenAIUpstreamTests(_OpenAIClient, TestCase):
     model = "gpt"
     upstream = "openai"
-    pending = {"test_reasoning_effort": FAITHFUL}
 
 
 class OpenAIClientAnthropicUpstreamTests(_OpenAIClient, TestCase):
@@ -745,7 +743,6 @@ class OpenAIClientAnthropicUpstreamTests(_OpenAIClient, TestCase):
 class AnthropicClientAnthropicUpstreamTests(_AnthropicClient, TestCase):
     model = "claude"
     upstream = "anthropic"
-    pending = {"test_thinking_enabled": FAITHFUL, "test_thinking_tool_round": FAITHFUL}
 
 
 class AnthropicClientOpenAIUpstreamTests(_AnthropicClient, TestCase):

@@ -362,7 +362,9 @@ class TimeoutTests(_Case):
         fake.enqueue(
             FakeReply(chunks=["late"], first_byte_delay=10), FakeReply(chunks=["ok"])
         )
-        status, _, _ = await self.post(url, {"model": "m", "messages": HI})
+        status, _, _ = await self.post(
+            url, {"model": "m", "messages": HI, "stream": True}
+        )
         self.assertEqual(status, 200)
         self.assertEqual(len(fake.requests), 2)
 

@@ -424,10 +424,12 @@ class UpstreamErrorTests(_HTTPCase):
 
     async def test_upstream_timeout(self) -> None:
         """
-        No answer from the upstream within the timeout is a 504.
+        No answer from the upstream within the timeout is a 504 (on a
+        streamed upstream request: a whole body is awaited up to
+        C{request_timeout_s}, see C{test_faithful}).
         """
         self.fake.enqueue(FakeReply(["late"], first_byte_delay=10))
-        status, _, content = await self.post(MESSAGES, message())
+        status, _, content = await self.post(MESSAGES, message("gpt"))
         self.assertEqual(status, 504)
         self.assertAnthropicError(content, "timeout_error")
         await within(self.fake.requests[0].disconnected)

@@ -211,7 +211,8 @@ class _OpenAIClientTests(_SDKCase):
             max_tokens=77,
         )
         sent = self.fake.requests[0].json
-        self.assertEqual(sent["stream"], True)
+        # A same-format non-streaming request goes upstream unstreamed.
+        self.assertEqual(sent["stream"], self.upstream != "openai")
         if self.upstream == "anthropic":
             self.assertEqual(self.fake.requests[0].path, "/v1/messages")
             self.assertEqual(sent["model"], "claude-up")
@@ -225,7 +226,7 @@ class _OpenAIClientTests(_SDKCase):
         else:
             self.assertEqual(self.fake.requests[0].path, "/v1/chat/completions")
             self.assertEqual(sent["model"], "gpt-up")
-            self.assertEqual(sent["stream_options"], {"include_usage": True})
+            self.assertNotIn("stream_options", sent)
             self.assertEqual(
                 [(m["role"], m["content"]) for m in sent["messages"]],
                 [
@@ -501,7 +502,8 @@ class _AnthropicClientTests(_SDKCase):
             max_tokens=77,
         )
         sent = self.fake.requests[0].json
-        self.assertEqual(sent["stream"], True)
+        # A same-format non-streaming request goes upstream unstreamed.
+        self.assertEqual(sent["stream"], self.upstream != "anthropic")
         if self.upstream == "anthropic":
             self.assertEqual(self.fake.requests[0].path, "/v1/messages")
             self.assertEqual(sent["model"], "claude-up")

@@ -4,7 +4,8 @@ deployments of the same model, cooldowns, and fallbacks to other models.
 
 A request is retried only while nothing of it reached the client: once the
 first event of an attempt is delivered, its outcome is final, so a stream is
-never duplicated or spliced.
+never duplicated or spliced.  A whole (non-streaming) body arrives at once:
+its attempt is final when it arrived.
 
 Every upstream failure passes here first: this is where the gateway's
 scrubber takes keys and upstream addresses out of what the upstream said,
@@ -29,7 +30,8 @@ from pylon_ai._errors import (
     ProviderTimeout,
     ProviderTLSError,
 )
-from pylon_ai.gateway._backends import Backend, Call, OnEvent, OnSSE
+from pylon_ai._upstream import BodyTooLarge
+from pylon_ai.gateway._backends import Backend, Call, Forwarded, OnBody, OnEvent, OnSSE
 
 if TYPE_CHECKING:
     from pylon_ai.gateway._gateway import Gateway
@@ -48,6 +50,8 @@ def classify(exc: BaseException) -> Kind:
     """
     if isinstance(exc, ProviderTLSError):
         return "failover"
+    if isinstance(exc, BodyTooLarge):
+        return "final"  # another attempt would bring as large a reply
     if isinstance(exc, ProviderTimeout | ProviderConnectionError):
         return "retry"
     if isinstance(exc, ProviderError):
@@ -93,7 +97,17 @@ class Attempts:
         on_sse: OnSSE | None,
         on_start: Callable[[Backend], object] | None = None,
         on_flush: Callable[[], object] | None = None,
+        *,
+        on_body: OnBody | None = None,
+        forwarded: Forwarded | None = None,
     ) -> None:
+        """
+        @param on_body: For a non-streaming request: called with the
+            upstream's body as it came when the upstream speaks C{api} too
+            (and only then; other upstreams stream, through C{on_event}).
+        @param forwarded: What of the client's request goes to an upstream
+            that speaks C{api} too.
+        """
         self._gateway = gateway
         self._clock = gateway.clock
         self._api = api
@@ -102,6 +116,8 @@ class Attempts:
         self._on_sse = on_sse
         self._on_start = on_start
         self._on_flush = on_flush
+        self._on_body = on_body
+        self._forwarded = forwarded
         name = body["model"]
         self._names = [name, *gateway.fallbacks(name)]
         self._name_index = 0
@@ -150,10 +166,23 @@ class Attempts:
         self.count += 1
         self._for_name += 1
         self._tried.add(id(backend))
-        passthrough = self._on_sse if backend.format == self._api else None
-        call = backend.open(
-            body, self._on_event, passthrough, self._started, self._on_flush
-        )
+        call: Call
+        same = backend.format == self._api
+        forwarded = self._forwarded if same else None
+        if same and self._on_body is not None:
+            call = backend.open_whole(
+                body, self._on_event, self._on_body, self._started, forwarded
+            )
+        else:
+            passthrough = self._on_sse if same else None
+            call = backend.open(
+                body,
+                self._on_event,
+                passthrough,
+                self._started,
+                self._on_flush,
+                forwarded,
+            )
         self._call = call
         call.deferred.addCallbacks(
             self._succeeded,

@@ -3,20 +3,22 @@ Backends: the runtime side of each configured deployment.
 
 A backend takes a request body already in its own wire format, opens the
 upstream stream and reports model events (and, for pass-through, the raw SSE
-events).
+events), or, for a same-format non-streaming request, fetches the upstream's
+whole JSON body and hands it on as it came.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import quote
+
+from attrs import frozen
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
-from pylon_ai import _anthropic, _openai
-from pylon_ai._events import ModelEvent
 from pylon_ai._json import dumps
 from pylon_ai._provider import (
     ANTHROPIC_BASE_URL,
@@ -26,13 +28,57 @@ from pylon_ai._provider import (
     OpenAIProvider,
 )
 from pylon_ai._sse import Event
-from pylon_ai._upstream import StreamCall
+from pylon_ai._upstream import BodyCall, StreamCall
+from pylon_ai.formats import chat as chat_format
+from pylon_ai.formats import messages as messages_format
+from pylon_ai.formats.events import MessageStart, ModelEvent, Usage
 from pylon_ai.gateway._config import ModelConfig, ServerConfig
 from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
 from pylon_ai.gateway._unary import UnaryCall
 
 OnEvent = Callable[[ModelEvent], object]
 OnSSE = Callable[[Event, list[ModelEvent]], object]
+OnBody = Callable[[bytes], object]
+
+#: What a forwarded query string keeps as it is (RFC 3986's query
+#: characters, and escapes); anything else is percent-encoded, so that the
+#: upstream URL is always valid.
+_QUERY_SAFE = "!$&'()*+,;=:@/?%-._~"
+
+
+@frozen
+class Forwarded:
+    """
+    What of the client's own request goes to an Anthropic upstream when the
+    client speaks Anthropic's format too: the beta features it asked for
+    and the query string (Claude Code sends C{?beta=true}).  No other client
+    header ever goes upstream.
+
+    @ivar beta: The C{anthropic-beta} value (several header lines joined
+        with commas), or L{None}.
+    @ivar query: The query string, without the C{?}; empty for none.
+    """
+
+    beta: bytes | None = None
+    query: bytes = b""
+
+    @classmethod
+    def from_request(cls, headers: Any, uri: bytes) -> Forwarded | None:
+        """
+        What a client request carries that may be forwarded.
+
+        @param headers: The request's C{Headers}.
+        @param uri: The request target, with its query string.
+        @return: L{None} when there is nothing to forward.
+        """
+        lines = headers.getRawHeaders(b"anthropic-beta") or []
+        beta = b",".join(line.strip() for line in lines if line.strip()) or None
+        query = uri.partition(b"?")[2]
+        if query:
+            query = quote(query, safe=_QUERY_SAFE).encode("ascii")
+        if beta is None and not query:
+            return None
+        return cls(beta, query)
 
 
 class Call(Protocol):
@@ -69,6 +115,7 @@ class Backend:
         self._timeout = config.timeout_s or server.upstream_timeout_s
         self._max_line = server.max_line_bytes
         self._max_event = server.max_event_bytes
+        self._max_reply = server.max_reply_bytes
         self.in_flight = 0
         #: Consecutive failures, and until when the deployment rests.
         self.failures = 0
@@ -112,9 +159,9 @@ class Backend:
         # Built once: every request of this deployment sends the same ones.
         self._url = self.url.encode("ascii")
         headers = (
-            _anthropic.request_headers(config.api_key)
+            messages_format.request_headers(config.api_key)
             if self.format == "anthropic"
-            else _openai.request_headers(config.api_key)
+            else chat_format.request_headers(config.api_key)
         )
         self._headers = Headers({k: [v] for k, v in headers.items()})
 
@@ -149,6 +196,7 @@ class Backend:
         on_sse: OnSSE | None,
         on_start: Callable[[], object] | None = None,
         on_flush: Callable[[], object] | None = None,
+        forwarded: Forwarded | None = None,
     ) -> Call:
         """
         Start a streaming request.
@@ -159,6 +207,8 @@ class Backend:
         @param on_sse: Called with each raw SSE event, for pass-through.
         @param on_start: Called once before the first event is delivered.
         @param on_flush: Called after each batch of events was delivered.
+        @param forwarded: The client's beta header and query string, for a
+            same-format request (an Anthropic upstream gets them).
         """
         self.in_flight += 1
         call: StreamCall | MockCall
@@ -176,11 +226,11 @@ class Backend:
                 # Pass-through forwards the events as they come: the decoder
                 # only keeps the books.
                 light = on_sse is not None
-                decoder: Any = _anthropic.AnthropicStreamDecoder(light)
+                decoder: Any = messages_format.AnthropicStreamDecoder(light)
             else:
                 body["model"] = self.model
                 body["stream_options"] = {"include_usage": True}
-                decoder = _openai.OpenAIStreamDecoder(on_sse is not None)
+                decoder = chat_format.OpenAIStreamDecoder(on_sse is not None)
             call = StreamCall(
                 self._clock,
                 decoder,
@@ -195,9 +245,79 @@ class Backend:
                 on_start=on_start,
                 on_flush=on_flush,
             )
-            call.start(self._client, self._url, self._headers, dumps(body))
+            url, headers = self._target(forwarded)
+            call.start(self._client, url, headers, dumps(body))
         call.deferred.addBoth(self._finished)
         return call
+
+    def open_whole(
+        self,
+        body: dict[str, Any],
+        on_event: OnEvent,
+        on_body: OnBody,
+        on_start: Callable[[], object] | None = None,
+        forwarded: Forwarded | None = None,
+    ) -> Call:
+        """
+        Start a non-streaming request whose reply goes to the client as it
+        came (the client speaks this backend's format).
+
+        The reply is read whole, bounded by C{max_reply_bytes}; what the
+        gateway needs of it (the message id and model, the usage) goes to
+        C{on_event} as model events before C{on_body} gets the bytes.
+
+        @param body: The request, in this backend's format; C{model} and
+            C{stream} are set here.
+        @param on_event: Called with the L{MessageStart} and L{Usage} the
+            body holds.
+        @param on_body: Called with the body's bytes.
+        @param on_start: Called once the whole body arrived, before
+            C{on_event}: from then on the outcome is final.
+        @param forwarded: The client's beta header and query string (an
+            Anthropic upstream gets them).
+        """
+        body = dict(body)
+        body["stream"] = False
+        body["model"] = self.model
+        if self.format == "anthropic":
+            body.setdefault("max_tokens", self.config.max_tokens)
+        else:
+            # OpenAI refuses stream options without a stream.
+            body.pop("stream_options", None)
+
+        def whole(raw: bytes, obj: dict[str, Any]) -> None:
+            for event in reply_facts(self.format, obj):
+                on_event(event)
+            on_body(raw)
+
+        call = BodyCall(
+            self._clock,
+            whole,
+            label=self.label,
+            timeout=self._timeout,
+            max_body_length=self._max_reply,
+            request_timeout=self.config.request_timeout_s,
+            on_start=on_start,
+        )
+        self.in_flight += 1
+        url, headers = self._target(forwarded)
+        call.start(self._client, url, headers, dumps(body))
+        call.deferred.addBoth(self._finished)
+        return call
+
+    def _target(self, forwarded: Forwarded | None) -> tuple[bytes, Headers]:
+        # The URL and headers of one request: an Anthropic upstream also
+        # gets what the client forwards.
+        if forwarded is None or self.format != "anthropic":
+            return self._url, self._headers
+        url = self._url
+        if forwarded.query:
+            url += (b"&" if b"?" in url else b"?") + forwarded.query
+        headers = self._headers
+        if forwarded.beta is not None:
+            headers = headers.copy()
+            headers.setRawHeaders(b"anthropic-beta", [forwarded.beta])
+        return url, headers
 
     def post(
         self,
@@ -218,9 +338,9 @@ class Backend:
         @return: The call; its C{deferred} fires with the reply's bytes.
         """
         headers = (
-            _anthropic.request_headers(self.config.api_key)
+            messages_format.request_headers(self.config.api_key)
             if self.format == "anthropic"
-            else _openai.request_headers(self.config.api_key)
+            else chat_format.request_headers(self.config.api_key)
         )
         headers["accept"] = "application/json"
         headers.update(extra_headers or {})
@@ -240,3 +360,35 @@ class Backend:
     def _finished(self, result: object) -> object:
         self.in_flight -= 1
         return result
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def reply_facts(format: str, obj: dict[str, Any]) -> list[ModelEvent]:
+    """
+    What the gateway needs of a whole reply, as model events: a
+    L{MessageStart} with its id and model, and its L{Usage} (input and
+    output tokens, counted as streams count them: cache tokens apart).
+
+    @param format: C{"anthropic"} (a message) or C{"openai"} (a Chat
+        Completions completion).
+    @param obj: The reply.
+    """
+    model = obj.get("model")
+    message_id = obj.get("id")
+    events: list[ModelEvent] = [
+        MessageStart(
+            message_id if isinstance(message_id, str) else None,
+            model if isinstance(model, str) else None,
+        )
+    ]
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        if format == "anthropic":
+            inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+        else:
+            inp, out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        events.append(Usage(_count(inp), _count(out)))
+    return events

@@ -34,10 +34,11 @@ from pylon_ai._events import (
 from pylon_ai._json import dumps
 from pylon_ai._sse import Event
 from pylon_ai._translate import TranslationError
+from pylon_ai._upstream import BodyTooLarge
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._attempts import Attempts
-from pylon_ai.gateway._backends import Backend
+from pylon_ai.gateway._backends import Backend, Forwarded
 from pylon_ai.gateway._gateway import Api, Gateway, UnknownModel
 
 _SSE_HEADERS = (
@@ -64,6 +65,29 @@ def respond_json(
         request.setHeader(name, value)
     request.write(dumps(body))
     request.finish()
+
+
+def respond_raw_json(request: Request, body: bytes) -> None:
+    """
+    Answer C{request} with a 200 and a JSON body that is already bytes,
+    unless the client already left.
+    """
+    if request.finished or request._disconnected:
+        return
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        502,
+        "the upstream reply is larger than the gateway's "
+        f"max_reply_bytes ({limit} bytes); "
+        "ask for a streamed reply (stream: true) instead",
+    )
 
 
 def respond_error(
@@ -132,6 +156,8 @@ class Exchange:
         self._producer: Any = None
         self._out: list[bytes] = []
         self._shutting_down = False
+        #: A same-format non-streaming reply: the upstream's bytes.
+        self._raw: bytes | None = None
 
     def run(self, body: dict[str, Any]) -> None:
         """
@@ -153,6 +179,8 @@ class Exchange:
                 self._sse if self._stream else None,
                 self._upstream_chosen,
                 self._flush if self._stream else None,
+                on_body=None if self._stream else self._whole_arrived,
+                forwarded=self._forwarded(),
             )
         except UnknownModel:
             self._error(
@@ -168,6 +196,14 @@ class Exchange:
             self._gateway.metrics.streams_in_flight.inc()
         self._gateway.track(self)
         call.deferred.addCallbacks(self._done, self._failed)
+
+    def _forwarded(self) -> Forwarded | None:
+        # Only Anthropic's format has a beta header (and Claude Code's
+        # query string); the attempts give it to Anthropic upstreams only.
+        if self._api != "anthropic":
+            return None
+        request = self._request
+        return Forwarded.from_request(request.requestHeaders, request.uri or b"")
 
     def _upstream_chosen(self, backend: Backend) -> None:
         # The attempt whose reply the client gets (after any retries).
@@ -204,6 +240,12 @@ class Exchange:
             out = encoder.encode(event)
             if out:
                 self._write(out)
+
+    def _whole_arrived(self, raw: bytes) -> None:
+        # The upstream spoke the client's format: its body goes out as it
+        # came (its MessageStart and Usage came through _event).
+        self._ttft = time.perf_counter() - self._received
+        self._raw = raw
 
     def _sse(self, event: Event, events: list[ModelEvent]) -> None:
         data = event.data
@@ -326,6 +368,10 @@ class Exchange:
                 self._begin()
             self._unregister()
             self._request.finish()
+        elif self._raw is not None:
+            self._status = 200
+            self._set_overhead()
+            respond_raw_json(self._request, self._raw)
         else:
             try:
                 body = self._whole_body()
@@ -369,6 +415,9 @@ class Exchange:
             return
         if self._shutting_down:
             self._error(ApiError(503, "the gateway is shutting down"))
+            return
+        if failure.check(BodyTooLarge):
+            self._error(_too_large(failure.value.limit))  # type: ignore[union-attr]
             return
         if not failure.check(ProviderError, CancelledError, TranslationError, ApiError):
             self.log.failure(

@@ -19,7 +19,7 @@ from pylon_ai._translate import (
 )
 from pylon_ai.gateway._apierrors import gateway_scrubber
 from pylon_ai.gateway._attempts import Attempts
-from pylon_ai.gateway._backends import Backend, OnEvent, OnSSE
+from pylon_ai.gateway._backends import Backend, Forwarded, OnBody, OnEvent, OnSSE
 from pylon_ai.gateway._config import Config
 from pylon_ai.gateway._limits import Limits
 from pylon_ai.gateway._metrics import Metrics
@@ -310,6 +310,9 @@ class Gateway:
         on_sse: OnSSE | None = None,
         on_start: Callable[[Backend], object] | None = None,
         on_flush: Callable[[], object] | None = None,
+        *,
+        on_body: OnBody | None = None,
+        forwarded: Forwarded | None = None,
     ) -> Attempts:
         """
         Start serving a checked request of API C{api}: the first attempt, and
@@ -321,7 +324,24 @@ class Gateway:
             be delivered, before its first event.
         @param on_flush: Called after each batch of events (one upstream
             read) was delivered.
+        @param on_body: For a non-streaming request: called with the
+            upstream's JSON body, as it came, when the upstream speaks
+            C{api} too (the client gets those bytes); C{on_event} still
+            gets its L{MessageStart} and L{Usage}.  Upstreams of another
+            format stream, through C{on_event}, as always.
+        @param forwarded: The client's C{anthropic-beta} and query string,
+            for an upstream that speaks C{api} too (Anthropic's only).
         @raise UnknownModel: If the model is not configured.
         @raise TranslationError: If the request cannot be translated.
         """
-        return Attempts(self, api, body, on_event, on_sse, on_start, on_flush).start()
+        return Attempts(
+            self,
+            api,
+            body,
+            on_event,
+            on_sse,
+            on_start,
+            on_flush,
+            on_body=on_body,
+            forwarded=forwarded,
+        ).start()
