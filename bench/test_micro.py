@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 
-from pylon_ai._anthropic import AnthropicStreamDecoder
-from pylon_ai._encode import AnthropicStreamEncoder, OpenAIStreamEncoder
-from pylon_ai._openai import OpenAIStreamDecoder
 from pylon_ai._sse import Event, SSEProtocol
+from pylon_ai.formats.chat import OpenAIStreamDecoder, OpenAIStreamEncoder
+from pylon_ai.formats.messages import AnthropicStreamDecoder, AnthropicStreamEncoder
 
 EVENTS = 200
 

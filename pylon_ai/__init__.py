@@ -17,7 +17,11 @@ from pylon_ai._errors import (
     ProviderTimeout,
     ProviderTLSError,
 )
-from pylon_ai._events import (
+from pylon_ai._http import make_http_client
+from pylon_ai._messages import AiMessage
+from pylon_ai._plugin import AiProxyPlugin
+from pylon_ai._provider import AnthropicProvider, CustomProvider, OpenAIProvider
+from pylon_ai.formats.events import (
     MessageStart,
     ModelEvent,
     Stop,
@@ -25,10 +29,6 @@ from pylon_ai._events import (
     ToolCallDelta,
     Usage,
 )
-from pylon_ai._http import make_http_client
-from pylon_ai._messages import AiMessage
-from pylon_ai._plugin import AiProxyPlugin
-from pylon_ai._provider import AnthropicProvider, CustomProvider, OpenAIProvider
 
 __version__ = "0.1.0.dev0"
 

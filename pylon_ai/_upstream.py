@@ -42,7 +42,6 @@ from pylon_ai._errors import (
     Scrubber,
     excerpt,
 )
-from pylon_ai._events import ModelEvent, StreamError
 from pylon_ai._json import loads
 from pylon_ai._sse import (
     DEFAULT_MAX_EVENT_LENGTH,
@@ -52,6 +51,7 @@ from pylon_ai._sse import (
     LineTooLong,
     SSEProtocol,
 )
+from pylon_ai.formats.events import ModelEvent, StreamError
 
 #: The most of an error response body read before the connection is dropped.
 _ERROR_BODY_LIMIT = 64 * 1024

@@ -9,8 +9,6 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pylon_ai._translate_request import TranslationError
-from pylon_ai._translate_response import UpstreamFormatError
 from pylon_ai.formats import chat, messages
 from pylon_ai.formats.canonical import (
     DocumentPart,
@@ -20,6 +18,7 @@ from pylon_ai.formats.canonical import (
     TextPart,
     ToolCallPart,
 )
+from pylon_ai.formats.errors import TranslationError, UpstreamFormatError
 
 JSON = dict[str, Any]
 

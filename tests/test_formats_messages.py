@@ -12,7 +12,6 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pylon_ai._translate_request import TranslationError
 from pylon_ai.formats import chat, messages
 from pylon_ai.formats.canonical import (
     STRUCTURED_OUTPUT_TOOL,
@@ -22,6 +21,7 @@ from pylon_ai.formats.canonical import (
     TextPart,
     unwrap_structured_output,
 )
+from pylon_ai.formats.errors import TranslationError
 
 JSON = dict[str, Any]
 
@@ -839,7 +839,7 @@ class ReplyTests(SynchronousTestCase):
         """
         A thinking block without its signature is malformed.
         """
-        from pylon_ai._translate_response import UpstreamFormatError
+        from pylon_ai.formats.errors import UpstreamFormatError
 
         bad = {**self.reply, "content": [{"type": "thinking", "thinking": "x"}]}
         self.assertRaises(UpstreamFormatError, messages.decode_response, bad)

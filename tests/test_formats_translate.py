@@ -19,10 +19,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pylon_ai._errors import ProviderError
-from pylon_ai._translate_request import TranslationError
-from pylon_ai._translate_response import UpstreamFormatError
 from pylon_ai.formats import chat, messages
 from pylon_ai.formats.chat import TOOL_ERROR_PREFIX
+from pylon_ai.formats.errors import TranslationError, UpstreamFormatError
 
 JSON = dict[str, Any]
 

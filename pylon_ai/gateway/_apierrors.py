@@ -17,7 +17,6 @@ from attrs import frozen
 
 from twisted.internet.defer import CancelledError
 
-from pylon_ai._encode import anthropic_error_body, openai_error_body, sse_frame
 from pylon_ai._errors import (
     ProviderConnectionError,
     ProviderError,
@@ -25,7 +24,10 @@ from pylon_ai._errors import (
     Scrubber,
 )
 from pylon_ai._json import dumps, loads
-from pylon_ai._translate import TranslationError
+from pylon_ai.formats._frames import sse_frame
+from pylon_ai.formats.chat import openai_error_body
+from pylon_ai.formats.errors import TranslationError
+from pylon_ai.formats.messages import anthropic_error_body
 from pylon_ai.gateway._config import Config
 
 _ANTHROPIC_TYPE = {

@@ -31,7 +31,9 @@ from pylon_ai._errors import (
     ProviderTLSError,
 )
 from pylon_ai._upstream import BodyTooLarge
+from pylon_ai.formats.structured import StructuredOutputEvents
 from pylon_ai.gateway._backends import Backend, Call, Forwarded, OnBody, OnEvent, OnSSE
+from pylon_ai.gateway._translation import Translation
 
 if TYPE_CHECKING:
     from pylon_ai.gateway._gateway import Gateway
@@ -112,6 +114,7 @@ class Attempts:
         self._clock = gateway.clock
         self._api = api
         self._body = body
+        self._translation = Translation(api, body)
         self._on_event = on_event
         self._on_sse = on_sse
         self._on_start = on_start
@@ -152,12 +155,12 @@ class Attempts:
     def _attempt(self, first: bool = False) -> None:
         self._timer = None
         backend = self.backend
+        on_event = self._on_event
         try:
-            body = self._gateway.upstream_body(
-                self._api,  # type: ignore[arg-type]
-                self._body,
-                backend,
-            )
+            body = self._translation.body_for(backend)
+            if self._translation.forced_tool(backend):
+                # The client asked for text: the forced tool's call is it.
+                on_event = StructuredOutputEvents(on_event)
         except Exception:
             if first:
                 raise
@@ -171,13 +174,13 @@ class Attempts:
         forwarded = self._forwarded if same else None
         if same and self._on_body is not None:
             call = backend.open_whole(
-                body, self._on_event, self._on_body, self._started, forwarded
+                body, on_event, self._on_body, self._started, forwarded
             )
         else:
             passthrough = self._on_sse if same else None
             call = backend.open(
                 body,
-                self._on_event,
+                on_event,
                 passthrough,
                 self._started,
                 self._on_flush,

@@ -9,32 +9,32 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from attrs import evolve
+
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from pylon_ai._encode import (
-    AnthropicStreamEncoder,
-    OpenAIStreamEncoder,
-    ToolCall,
-    anthropic_message_body,
-    openai_completion_body,
-)
 from pylon_ai._errors import ProviderError
-from pylon_ai._events import (
+from pylon_ai._json import dumps
+from pylon_ai._sse import Event
+from pylon_ai._upstream import BodyTooLarge
+from pylon_ai.formats import chat, messages
+from pylon_ai.formats.chat import OpenAIStreamEncoder
+from pylon_ai.formats.collect import ReplyCollector
+from pylon_ai.formats.errors import TranslationError
+from pylon_ai.formats.events import (
     MessageStart,
     ModelEvent,
+    ReasoningDelta,
     Stop,
     TextDelta,
     ToolCallDelta,
     Usage,
     merge_usage,
 )
-from pylon_ai._json import dumps
-from pylon_ai._sse import Event
-from pylon_ai._translate import TranslationError
-from pylon_ai._upstream import BodyTooLarge
+from pylon_ai.formats.messages import AnthropicStreamEncoder
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._attempts import Attempts
@@ -146,8 +146,8 @@ class Exchange:
         self._encoder: AnthropicStreamEncoder | OpenAIStreamEncoder | None = None
         self._passthrough = False
         self._saw_done = False
-        self._text: list[str] = []
-        self._tools: dict[int, list[Any]] = {}
+        #: A translated non-streaming reply, collected from its events.
+        self._reply = ReplyCollector()
         # What a non-streaming reply collected so far, in bytes, against
         # the bound on it.
         self._collected = 0
@@ -223,7 +223,7 @@ class Exchange:
 
     def _event(self, event: ModelEvent) -> None:
         kind = type(event)
-        if kind is TextDelta or kind is ToolCallDelta:
+        if kind is TextDelta or kind is ToolCallDelta or kind is ReasoningDelta:
             if self._ttft is None:
                 self._ttft = time.perf_counter() - self._received
             if not self._stream:
@@ -235,6 +235,8 @@ class Exchange:
             self._message_id = event.id  # type: ignore[union-attr]
         elif kind is Stop:
             self._stop = event  # type: ignore[assignment]
+        elif not self._stream:
+            self._reply.add(event)  # reasoning signatures, redacted reasoning
         if self._stream and not self._passthrough:
             encoder = self._encoder or self._make_encoder()
             out = encoder.encode(event)
@@ -269,32 +271,24 @@ class Exchange:
                 + b"\n\n"
             )
 
-    def _collect(self, event: TextDelta | ToolCallDelta) -> None:
-        if type(event) is TextDelta:
-            text = event.text
-            self._text.append(text)
+    def _collect(self, event: TextDelta | ToolCallDelta | ReasoningDelta) -> None:
+        self._reply.add(event)
+        if type(event) is ToolCallDelta:
+            text = event.arguments
         else:
-            text = event.arguments  # type: ignore[union-attr]
-            self._tool(event)  # type: ignore[arg-type]
+            text = event.text  # type: ignore[union-attr]
         # isascii() is O(1): only other text pays for an encode.
         self._collected += len(text) if text.isascii() else len(text.encode())
         if self._collected > self._max_reply:
             # Raised into the upstream call: it stops reading and closes
             # the connection, and the request fails with this error.
-            self._text.clear()
-            self._tools.clear()
+            self._reply = ReplyCollector()
             raise ApiError(
                 502,
                 "the upstream reply is larger than the gateway's "
                 f"max_reply_bytes ({self._max_reply} bytes); "
                 "ask for a streamed reply (stream: true) instead",
             )
-
-    def _tool(self, event: ToolCallDelta) -> None:
-        entry = self._tools.get(event.index)
-        if entry is None:
-            entry = self._tools[event.index] = [event.id or "", event.name or "", []]
-        entry[2].append(event.arguments)
 
     def _make_encoder(self) -> AnthropicStreamEncoder | OpenAIStreamEncoder:
         model = self._upstream_model or self._default_model()
@@ -384,29 +378,21 @@ class Exchange:
         self._log()
 
     def _whole_body(self) -> dict[str, Any]:
+        # Translated: the reply the upstream streamed, in the client's
+        # format's whole body (reasoning, signatures and cache counts kept).
+        for event in (self._start_event(), self._usage, self._stop):
+            if event is not None:
+                self._reply.add(event)
+        reply = self._reply.reply()
         model = self._upstream_model or self._default_model()
-        calls = [
-            ToolCall(entry[0], entry[1], "".join(entry[2]))
-            for _, entry in sorted(self._tools.items())
-        ]
-        text = "".join(self._text)
         if self._api == "anthropic":
-            return anthropic_message_body(
-                model=model,
-                text=text,
-                tool_calls=calls,
-                stop=self._stop,
-                usage=self._usage,
-                message_id=self._message_id,
-            )
-        return openai_completion_body(
-            model=model,
-            text=text,
-            tool_calls=calls,
-            stop=self._stop,
-            usage=self._usage,
-            completion_id=self._message_id,
-        )
+            if reply.id is None:
+                reply = evolve(reply, id=messages.message_id())
+            return messages.encode_response(reply, model=model)
+        return chat.encode_response(reply, model=model)
+
+    def _start_event(self) -> MessageStart:
+        return MessageStart(self._message_id, self._upstream_model)
 
     def _failed(self, failure: Failure) -> None:
         if self._gone:

@@ -12,17 +12,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from pylon_ai._http import make_http_client
-from pylon_ai._translate import (
-    TranslationError,
-    anthropic_request_to_openai,
-    openai_request_to_anthropic,
-)
+from pylon_ai.formats.errors import TranslationError
 from pylon_ai.gateway._apierrors import gateway_scrubber
 from pylon_ai.gateway._attempts import Attempts
 from pylon_ai.gateway._backends import Backend, Forwarded, OnBody, OnEvent, OnSSE
 from pylon_ai.gateway._config import Config
 from pylon_ai.gateway._limits import Limits
 from pylon_ai.gateway._metrics import Metrics
+from pylon_ai.gateway._translation import Translation
 
 Api = Literal["openai", "anthropic"]
 
@@ -284,23 +281,15 @@ class Gateway:
         self, api: Api, body: dict[str, Any], backend: Backend
     ) -> dict[str, Any]:
         """
-        A checked request of API C{api}, in the format C{backend} speaks.
+        A checked request of API C{api}, in the format C{backend} speaks:
+        as it came for the same format (and the mock), else decoded into
+        the canonical model and encoded for C{backend}
+        (L{pylon_ai.formats}).  The attempts of one request share one
+        L{Translation} instead, which decodes once.
 
         @raise TranslationError: If the request cannot be translated.
         """
-        if backend.format == "mock" or backend.format == api:
-            return body
-        if api == "openai":
-            return openai_request_to_anthropic(
-                body,
-                upstream_model=backend.model,
-                default_max_tokens=backend.config.max_tokens,
-            )
-        return anthropic_request_to_openai(
-            body,
-            upstream_model=backend.model,
-            max_tokens_field=backend.max_tokens_field,
-        )
+        return Translation(api, body).body_for(backend)
 
     def open(
         self,

@@ -22,7 +22,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pylon_ai._json import dumps, loads
-from pylon_ai._translate import TranslationError
+from pylon_ai.formats.errors import TranslationError
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError
 from pylon_ai.gateway._exchange import Exchange, respond_error, respond_json

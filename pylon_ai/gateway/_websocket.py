@@ -34,9 +34,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 
 from pylon_ai._errors import ProviderError
-from pylon_ai._events import ModelEvent, TextDelta, Usage, merge_usage
 from pylon_ai._json import dumps, loads
-from pylon_ai._translate import TranslationError
+from pylon_ai.formats.errors import TranslationError
+from pylon_ai.formats.events import ModelEvent, TextDelta, Usage, merge_usage
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._attempts import Attempts

@@ -72,6 +72,7 @@ from pylon_ai.formats.messages._encode_request import (
 from pylon_ai.formats.messages._encode_stream import (
     AnthropicStreamEncoder,
     anthropic_error_body,
+    message_id,
     usage_fields,
 )
 from pylon_ai.formats.messages._reply import (
@@ -94,6 +95,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "error_event",
+    "message_id",
     "request_body",
     "request_headers",
     "usage_fields",
