@@ -16,13 +16,13 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any
 
 import pydantic
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase, Todo, makeTodo
+from twisted.trial.unittest import SkipTest, TestCase
 
 from pylon_ai.testing import FakeProvider, FakeReply, FakeToolCall
 
@@ -34,8 +34,6 @@ except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
         Service,
         start_service,
     )
-
-CANONICAL = "translated structured output (issue 9, item 3)"
 
 
 class Person(pydantic.BaseModel):
@@ -82,18 +80,7 @@ class _LangChain:
     A mixin for L{TestCase}: a gateway in front of a fake.
     """
 
-    #: Test name -> why it is expected to fail for now (trial's C{todo}: an
-    #: unexpected success fails the run).
-    pending: ClassVar[dict[str, str]] = {}
     service: Service
-    _testMethodName: str
-
-    def getTodo(self) -> Todo | None:
-        reason = self.pending.get(self._testMethodName)
-        if reason is not None:
-            return makeTodo(reason)
-        todo: Todo | None = super().getTodo()  # type: ignore[misc]
-        return todo
 
     def setUp(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
@@ -118,8 +105,6 @@ class ChatOpenAITests(_LangChain, TestCase):
     C{ChatOpenAI} (Chat Completions) on a model whose upstream speaks
     Anthropic's format.
     """
-
-    pending = {"test_json_schema": CANONICAL, "test_json_schema_stream": CANONICAL}
 
     def chat(self) -> Any:
         module = require("langchain_openai")
@@ -182,8 +167,6 @@ class ChatAnthropicTests(_LangChain, TestCase):
     C{ChatAnthropic} (Messages) on a model whose upstream speaks Chat
     Completions.
     """
-
-    pending = {"test_json_schema": CANONICAL}
 
     def chat(self) -> Any:
         module = require("langchain_anthropic")

@@ -24,7 +24,7 @@ import pydantic
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase, Todo, makeTodo
+from twisted.trial.unittest import TestCase
 
 from pylon_ai.testing import FakeProvider, FakeReply, FakeToolCall
 
@@ -38,10 +38,6 @@ except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
     )
 
 T = TypeVar("T")
-
-#: Why a test of a pairing is expected to fail for now (trial's C{todo}: an
-#: unexpected success fails the run, so each entry goes once its work lands).
-CANONICAL = "translated reasoning and structured output (issue 9, items 1-3)"
 
 THINKING = ("The user wants ", "a number. ", "42 it is.")
 THINKING_TEXT = "".join(THINKING)
@@ -261,17 +257,7 @@ class _Gateway:
 
     model: ClassVar[str]
     upstream: ClassVar[str]
-    #: Test name -> why it is expected to fail for now.
-    pending: ClassVar[dict[str, str]] = {}
     service: Service
-    _testMethodName: str
-
-    def getTodo(self) -> Todo | None:
-        reason = self.pending.get(self._testMethodName)
-        if reason is not None:
-            return makeTodo(reason)
-        todo: Todo | None = super().getTodo()  # type: ignore[misc]
-        return todo
 
     def setUp(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
@@ -651,9 +637,7 @@ class _AnthropicClient(_Gateway):
             max_tokens=8000,
         )
         self.assertEqual([b.type for b in first.content], ["thinking", "tool_use"])
-        messages.append(
-            {"role": "assistant", "content": [b.model_dump() for b in first.content]}
-        )
+        messages.append({"role": "assistant", "content": first.content})
         messages.append(
             {
                 "role": "user",
@@ -726,18 +710,6 @@ class OpenAIClientOpenAIUpstreamTests(_OpenAIClient, TestCase):
 class OpenAIClientAnthropicUpstreamTests(_OpenAIClient, TestCase):
     model = "claude"
     upstream = "anthropic"
-    pending = {
-        name: CANONICAL
-        for name in (
-            "test_json_schema",
-            "test_json_schema_stream",
-            "test_parse",
-            "test_parse_stream",
-            "test_reasoning_effort",
-            "test_reasoning_effort_stream",
-            "test_reasoning_tool_round",
-        )
-    }
 
 
 class AnthropicClientAnthropicUpstreamTests(_AnthropicClient, TestCase):
@@ -748,15 +720,3 @@ class AnthropicClientAnthropicUpstreamTests(_AnthropicClient, TestCase):
 class AnthropicClientOpenAIUpstreamTests(_AnthropicClient, TestCase):
     model = "gpt"
     upstream = "openai"
-    pending = {
-        name: CANONICAL
-        for name in (
-            "test_output_format",
-            "test_output_format_stream",
-            "test_parse",
-            "test_thinking_adaptive_stream",
-            "test_thinking_enabled",
-            "test_thinking_enabled_stream",
-            "test_thinking_tool_round",
-        )
-    }
