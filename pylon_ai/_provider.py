@@ -9,8 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from attrs import field, frozen
 
-from pylon_ai._anthropic import MESSAGES_PATH
-from pylon_ai._openai import CHAT_PATH
+from pylon_ai.formats.chat import CHAT_PATH
+from pylon_ai.formats.messages import MESSAGES_PATH
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 OPENAI_BASE_URL = "https://api.openai.com"
@@ -18,6 +18,8 @@ OPENAI_BASE_URL = "https://api.openai.com"
 COUNT_TOKENS_PATH = MESSAGES_PATH + "/count_tokens"
 #: OpenAI's embeddings, beside its Chat Completions path.
 EMBEDDINGS_PATH = "/v1/embeddings"
+#: OpenAI's Responses API, beside its Chat Completions path.
+RESPONSES_PATH = "/v1/responses"
 _CHAT_SUFFIX = "/chat/completions"
 
 
@@ -102,6 +104,13 @@ class OpenAIProvider:
         """
         return self.base_url.rstrip("/") + EMBEDDINGS_PATH
 
+    @property
+    def responses_url(self) -> str:
+        """
+        The URL of the Responses API.
+        """
+        return self.base_url.rstrip("/") + RESPONSES_PATH
+
     def __repr__(self) -> str:
         return (
             f"OpenAIProvider(api_key={_mask(self.api_key)}, model={self.model!r}, "
@@ -146,13 +155,26 @@ class CustomProvider:
         L{None} for any other full URL, whose embeddings endpoint cannot be
         told.
         """
+        return self._beside_chat(EMBEDDINGS_PATH, "/embeddings")
+
+    @property
+    def responses_url(self) -> str | None:
+        """
+        The URL of the endpoint's Responses API (vLLM and others serve
+        one), by the rules of L{embeddings_url}: C{/v1/responses} on a bare
+        C{scheme://host[:port]}, C{.../responses} in place of
+        C{.../chat/completions}, L{None} for any other full URL.
+        """
+        return self._beside_chat(RESPONSES_PATH, "/responses")
+
+    def _beside_chat(self, bare_path: str, suffix: str) -> str | None:
         parts = urlsplit(self.base_url)
         if parts.path in ("", "/"):
-            return self.base_url.rstrip("/") + EMBEDDINGS_PATH
+            return self.base_url.rstrip("/") + bare_path
         path = parts.path.rstrip("/")
         if not path.endswith(_CHAT_SUFFIX):
             return None
-        path = path[: -len(_CHAT_SUFFIX)] + "/embeddings"
+        path = path[: -len(_CHAT_SUFFIX)] + suffix
         return urlunsplit(parts._replace(path=path))
 
     def __repr__(self) -> str:

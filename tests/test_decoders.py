@@ -1,6 +1,6 @@
 """
-Tests for the stream decoders of L{pylon_ai._anthropic} and
-L{pylon_ai._openai}, against the provider transcripts in the fixtures.
+Tests for the stream decoders of L{pylon_ai.formats.messages} and
+L{pylon_ai.formats.chat}, against the provider transcripts in the fixtures.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-Tests for L{pylon_ai._encode}.
+Tests for the stream encoders and whole bodies of L{pylon_ai.formats}.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pylon_ai._events import Stop
 from pylon_ai.formats.canonical import (
     EFFORTS,
     MIN_BUDGET,
@@ -22,6 +21,7 @@ from pylon_ai.formats.canonical import (
     structured_output_tool,
     unwrap_structured_output,
 )
+from pylon_ai.formats.events import Stop
 
 
 class EffortTableTests(SynchronousTestCase):

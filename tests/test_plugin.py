@@ -1070,8 +1070,8 @@ class PausedUpstreamTests(_PluginTestsBase):
     async def test_pause_is_not_idle(self) -> None:
         from twisted.web.http_headers import Headers
 
-        from pylon_ai._openai import OpenAIStreamDecoder, request_headers
         from pylon_ai._upstream import StreamCall
+        from pylon_ai.formats.chat import OpenAIStreamDecoder, request_headers
 
         clock, fake_clock = Clock(), Clock()
         fake = await self.start(clock=fake_clock)

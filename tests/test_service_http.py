@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pylon_ai._encode import AnthropicStreamEncoder, OpenAIStreamEncoder
+from pylon_ai.formats.chat import OpenAIStreamEncoder
+from pylon_ai.formats.messages import AnthropicStreamEncoder
 from pylon_ai.testing import FakeReply, _fake
 
 try:

@@ -218,7 +218,7 @@ class FakeProviderTests(TestCase):
         self.assertEqual(anthropic_text(body.data), "Hello")
         self.assertEqual(got[0][1]["message"]["model"], "claude-x")
         self.assertEqual(got[0][1]["message"]["usage"]["input_tokens"], 10)
-        self.assertEqual(got[-2][1]["usage"], {"output_tokens": 2})
+        self.assertEqual(got[-2][1]["usage"], {"input_tokens": 10, "output_tokens": 2})
         self.assertEqual(got[-2][1]["delta"]["stop_reason"], "end_turn")
         [recorded] = fake.requests
         self.assertEqual((recorded.method, recorded.path), ("POST", "/v1/messages"))

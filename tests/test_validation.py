@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from pylon_ai._translate import TranslationError
+from pylon_ai.formats.errors import TranslationError
 from pylon_ai.gateway._config import parse_config
 from pylon_ai.gateway._gateway import Api, check_request
 from pylon_ai.testing import FakeProvider, FakeReply

@@ -15,5 +15,5 @@ the decoder of the client's format followed by the encoder of the
 upstream's: there is no pairwise translator.  A same-format request is not
 decoded at all: it passes through as it came.
 
-Streams go through the event model (L{pylon_ai._events}) the same way.
+Streams go through the event model (L{pylon_ai.formats.events}) the same way.
 """

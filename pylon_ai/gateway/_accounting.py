@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from pylon_ai._events import Usage
+from pylon_ai.formats.events import Usage
 from pylon_ai.gateway._metrics import Metrics
 
 log = Logger(namespace="pylon_ai.requests")

@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from pylon_ai._events import MessageStart, ModelEvent, Stop, TextDelta, Usage
+from pylon_ai.formats.events import MessageStart, ModelEvent, Stop, TextDelta, Usage
 
 MOCK_MODEL = "pylon-mock-1"
 #: Seconds between two words.

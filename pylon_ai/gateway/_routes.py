@@ -22,10 +22,10 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from pylon_ai._errors import ProviderError
-from pylon_ai._events import Usage
 from pylon_ai._json import dumps, loads
-from pylon_ai._translate import TranslationError
 from pylon_ai.formats._tokens import estimate_tokens
+from pylon_ai.formats.errors import TranslationError
+from pylon_ai.formats.events import Usage
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._backends import Backend

@@ -31,19 +31,25 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from pylon_ai._encode import (
-    AnthropicStreamEncoder,
-    OpenAIStreamEncoder,
+from pylon_ai._errors import ANTHROPIC_ERROR_STATUS
+from pylon_ai._json import dumps
+from pylon_ai.formats import responses
+from pylon_ai.formats._frames import sse_frame
+from pylon_ai.formats.canonical import (
+    Part,
+    ReasoningPart,
+    Reply,
+    ReplyUsage,
+    TextPart,
     ToolCall,
-    anthropic_error_body,
-    anthropic_message_body,
-    dumps,
+    ToolCallPart,
+)
+from pylon_ai.formats.chat import (
+    OpenAIStreamEncoder,
     openai_completion_body,
     openai_error_body,
-    sse_frame,
 )
-from pylon_ai._errors import ANTHROPIC_ERROR_STATUS
-from pylon_ai._events import (
+from pylon_ai.formats.events import (
     MessageStart,
     ModelEvent,
     ReasoningDelta,
@@ -55,14 +61,10 @@ from pylon_ai._events import (
     ToolCallDelta,
     Usage,
 )
-from pylon_ai.formats import responses
-from pylon_ai.formats.canonical import (
-    Part,
-    ReasoningPart,
-    Reply,
-    ReplyUsage,
-    TextPart,
-    ToolCallPart,
+from pylon_ai.formats.messages import (
+    AnthropicStreamEncoder,
+    anthropic_error_body,
+    anthropic_message_body,
 )
 
 if TYPE_CHECKING:
@@ -775,6 +777,11 @@ class FakeProvider:
     @ivar clock: Schedules the delays of replies; the reactor if L{None}.  A
         L{twisted.internet.task.Clock} lets a test move time by hand.
     @ivar default_reply: Served when the queue is empty.
+    @ivar responder: Asked first for every request (after L{requests}
+        records it): a L{FakeReply} it returns is served and the queue is
+        left as it is; L{None} lets the queue answer.  For clients whose
+        requests a test cannot foresee, such as an agent that offers tools
+        under names of its own choosing.
     @ivar requests: Every request received, in order.
     """
 
@@ -786,6 +793,9 @@ class FakeProvider:
     default_reply: FakeReply = field(
         default=FakeReply(chunks=("Hello", " from", " the", " fake."), usage=(10, 4)),
         kw_only=True,
+    )
+    responder: Callable[[RecordedRequest], FakeReply | None] | None = field(
+        default=None, kw_only=True
     )
     requests: list[RecordedRequest] = field(factory=list, init=False)
     _queue: deque[FakeReply] = field(factory=deque, init=False)
@@ -1018,7 +1028,9 @@ class FakeProvider:
             return self._refuse(request, format, 405, "invalid_request_error")
         if not isinstance(parsed, dict):
             return self._refuse(request, format, 400, "invalid_request_error")
-        reply = self._queue.popleft() if self._queue else self.default_reply
+        reply = self.responder(recorded) if self.responder is not None else None
+        if reply is None:
+            reply = self._queue.popleft() if self._queue else self.default_reply
         model = reply.model or parsed.get("model") or "fake-model"
         exchange = _Exchange(
             request,

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from attrs import frozen
 
-from pylon_ai._events import StopReason
 from pylon_ai._json import loads
+from pylon_ai.formats.events import StopReason
 from pylon_ai.testing._fake import FakeReply, FakeToolCall
 
 if TYPE_CHECKING:
