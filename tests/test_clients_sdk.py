@@ -452,6 +452,64 @@ class _OpenAIClient(_Gateway):
         self.assertEqual(json.loads(text), PERSON)
         self.check_schema_sent()
 
+    def json_object_reply(self) -> FakeReply:
+        """
+        The upstream's answer to a C{json_object} request: the JSON as text
+        from an OpenAI-format upstream; from an Anthropic one, which has no
+        JSON mode, a call of the tool the gateway forces (its documented
+        technique), which the client must get back as text.
+        """
+        if self.upstream == "openai":
+            return FakeReply(PERSON_CHUNKS, usage=(10, 8))
+        call = FakeToolCall("toolu_so", "structured_output", list(PERSON_CHUNKS))
+        return FakeReply(tool_calls=[call], usage=(10, 8))
+
+    def check_json_object_sent(self) -> None:
+        sent = self.sent()
+        if self.upstream == "openai":
+            self.assertEqual(sent["response_format"], {"type": "json_object"})
+        else:
+            self.assertNotIn("response_format", sent)
+            choice = sent["tool_choice"]
+            self.assertEqual(
+                (choice["type"], choice["name"]), ("tool", "structured_output")
+            )
+            self.assertEqual([t["name"] for t in sent["tools"]], ["structured_output"])
+
+    async def test_json_object(self) -> None:
+        """
+        C{response_format} C{json_object}: the client gets the JSON as the
+        content, never a tool call.
+        """
+        self.fake.enqueue(self.json_object_reply())
+        completion = await self.create(
+            messages=[{"role": "user", "content": "Ada as JSON, please."}],
+            response_format={"type": "json_object"},
+        )
+        choice = completion.choices[0]
+        self.assertEqual(json.loads(choice.message.content), PERSON)
+        self.assertFalse(choice.message.tool_calls)
+        self.assertEqual(choice.finish_reason, "stop")
+        self.check_json_object_sent()
+
+    async def test_json_object_stream(self) -> None:
+        """
+        C{response_format} C{json_object}, streaming: content deltas only.
+        """
+        self.fake.enqueue(self.json_object_reply())
+        chunks = await self.stream(
+            messages=[{"role": "user", "content": "Ada as JSON, please."}],
+            response_format={"type": "json_object"},
+        )
+        choices = [c.choices[0] for c in chunks if c.choices]
+        text = "".join(c.delta.content or "" for c in choices)
+        self.assertEqual(json.loads(text), PERSON)
+        self.assertEqual(
+            [c.delta.tool_calls for c in choices if c.delta.tool_calls], []
+        )
+        self.assertEqual(choices[-1].finish_reason, "stop")
+        self.check_json_object_sent()
+
     async def test_parse(self) -> None:
         """
         C{chat.completions.parse} with a pydantic model (and the older
