@@ -103,10 +103,17 @@ class ApiError(Exception):
         """
         if api == "anthropic":
             return anthropic_error_body(self.anthropic_type, self.message)
-        error_type, code = _OPENAI_TYPE.get(self.status, ("api_error", None))
+        error_type, code = self.openai_type
         body = openai_error_body(self.message, error_type, code)
         body["error"]["param"] = self.param
         return body
+
+    @property
+    def openai_type(self) -> tuple[str, str | None]:
+        """
+        OpenAI's error type and code for this error.
+        """
+        return _OPENAI_TYPE.get(self.status, ("api_error", None))
 
     @property
     def anthropic_type(self) -> str:

@@ -114,7 +114,8 @@ class Attempts:
         self._clock = gateway.clock
         self._api = api
         self._body = body
-        self._translation = Translation(api, body)
+        #: The request's bodies for each upstream format.
+        self.translation = Translation(api, body)
         self._on_event = on_event
         self._on_sse = on_sse
         self._on_start = on_start
@@ -157,8 +158,8 @@ class Attempts:
         backend = self.backend
         on_event = self._on_event
         try:
-            body = self._translation.body_for(backend)
-            if self._translation.forced_tool(backend):
+            body = self.translation.body_for(backend)
+            if self.translation.forced_tool(backend):
                 # The client asked for text: the forced tool's call is it.
                 on_event = StructuredOutputEvents(on_event)
         except Exception:
@@ -170,11 +171,13 @@ class Attempts:
         self._for_name += 1
         self._tried.add(id(backend))
         call: Call
-        same = backend.format == self._api
+        same = backend.speaks(self._api)
         forwarded = self._forwarded if same else None
+        # A Responses body goes to the deployment's Responses URL.
+        wire = self._api if same and self._api == "responses" else None
         if same and self._on_body is not None:
             call = backend.open_whole(
-                body, on_event, self._on_body, self._started, forwarded
+                body, on_event, self._on_body, self._started, forwarded, wire
             )
         else:
             passthrough = self._on_sse if same else None
@@ -185,6 +188,7 @@ class Attempts:
                 self._started,
                 self._on_flush,
                 forwarded,
+                wire,
             )
         self._call = call
         call.deferred.addCallbacks(

@@ -31,6 +31,7 @@ from pylon_ai._sse import Event
 from pylon_ai._upstream import BodyCall, StreamCall
 from pylon_ai.formats import chat as chat_format
 from pylon_ai.formats import messages as messages_format
+from pylon_ai.formats import responses as responses_format
 from pylon_ai.formats.events import MessageStart, ModelEvent, Usage
 from pylon_ai.gateway._config import ModelConfig, ServerConfig
 from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
@@ -98,6 +99,8 @@ class Backend:
 
     @ivar format: The wire format it speaks: C{"anthropic"}, C{"openai"}, or
         C{"mock"} (which reads a body of either format).
+    @ivar responses: Whether its upstream also speaks the OpenAI Responses
+        API (at L{responses_url}): C{/v1/responses} requests pass through.
     @ivar in_flight: Requests open on it now.
     """
 
@@ -126,6 +129,7 @@ class Backend:
         #: embeddings (OpenAI format); L{None} where it cannot.
         self.count_tokens_url: str | None = None
         self.embeddings_url: str | None = None
+        self.responses_url: str | None = None
         # Only a custom model may have none configured; Ollama and vLLM
         # refuse a request without one, so send the name clients ask for
         # (this deployment's, not the request's, which may name a model this
@@ -147,23 +151,36 @@ class Backend:
             )
             self.url = openai.url
             self.embeddings_url = openai.embeddings_url
+            self.responses_url = openai.responses_url
         elif config.provider == "custom":
             self.format = "openai"
             custom = CustomProvider(config.base_url or "", config.api_key, config.model)
             self.url = custom.url
             self.embeddings_url = custom.embeddings_url
+            self.responses_url = custom.responses_url
         else:
             self.format = "mock"
             self.model = MOCK_MODEL
+        self.responses = config.responses and self.responses_url is not None
         self.label = StreamCall.label_for(self.url) if self.url else "mock"
         # Built once: every request of this deployment sends the same ones.
         self._url = self.url.encode("ascii")
+        self._responses_url = (self.responses_url or "").encode("ascii")
         headers = (
             messages_format.request_headers(config.api_key)
             if self.format == "anthropic"
             else chat_format.request_headers(config.api_key)
         )
         self._headers = Headers({k: [v] for k, v in headers.items()})
+
+    def speaks(self, api: str) -> bool:
+        """
+        Whether a request of C{api} (C{"openai"}, C{"anthropic"},
+        C{"responses"}) goes to this deployment as the client wrote it.
+        """
+        if api == "responses":
+            return self.responses
+        return self.format == api
 
     def failed(self, now: float) -> None:
         """
@@ -197,6 +214,7 @@ class Backend:
         on_start: Callable[[], object] | None = None,
         on_flush: Callable[[], object] | None = None,
         forwarded: Forwarded | None = None,
+        api: str | None = None,
     ) -> Call:
         """
         Start a streaming request.
@@ -209,6 +227,8 @@ class Backend:
         @param on_flush: Called after each batch of events was delivered.
         @param forwarded: The client's beta header and query string, for a
             same-format request (an Anthropic upstream gets them).
+        @param api: The body's format when it is not L{format}: only
+            C{"responses"}, for a deployment that L{speaks} it.
         """
         self.in_flight += 1
         call: StreamCall | MockCall
@@ -220,17 +240,20 @@ class Backend:
         else:
             body = dict(body)
             body["stream"] = True
-            if self.format == "anthropic":
+            # Pass-through forwards the events as they come: the decoder
+            # only keeps the books.
+            light = on_sse is not None
+            if api == "responses":
+                body["model"] = self.model
+                decoder: Any = responses_format.ResponsesStreamDecoder(light)
+            elif self.format == "anthropic":
                 body["model"] = self.model
                 body.setdefault("max_tokens", self.config.max_tokens)
-                # Pass-through forwards the events as they come: the decoder
-                # only keeps the books.
-                light = on_sse is not None
-                decoder: Any = messages_format.AnthropicStreamDecoder(light)
+                decoder = messages_format.AnthropicStreamDecoder(light)
             else:
                 body["model"] = self.model
                 body["stream_options"] = {"include_usage": True}
-                decoder = chat_format.OpenAIStreamDecoder(on_sse is not None)
+                decoder = chat_format.OpenAIStreamDecoder(light)
             call = StreamCall(
                 self._clock,
                 decoder,
@@ -245,7 +268,7 @@ class Backend:
                 on_start=on_start,
                 on_flush=on_flush,
             )
-            url, headers = self._target(forwarded)
+            url, headers = self._target(forwarded, api)
             call.start(self._client, url, headers, dumps(body))
         call.deferred.addBoth(self._finished)
         return call
@@ -257,6 +280,7 @@ class Backend:
         on_body: OnBody,
         on_start: Callable[[], object] | None = None,
         forwarded: Forwarded | None = None,
+        api: str | None = None,
     ) -> Call:
         """
         Start a non-streaming request whose reply goes to the client as it
@@ -275,18 +299,21 @@ class Backend:
             C{on_event}: from then on the outcome is final.
         @param forwarded: The client's beta header and query string (an
             Anthropic upstream gets them).
+        @param api: The body's format when it is not L{format}: only
+            C{"responses"}, for a deployment that L{speaks} it.
         """
         body = dict(body)
         body["stream"] = False
         body["model"] = self.model
-        if self.format == "anthropic":
+        wire = api or self.format
+        if wire == "anthropic":
             body.setdefault("max_tokens", self.config.max_tokens)
-        else:
+        elif wire == "openai":
             # OpenAI refuses stream options without a stream.
             body.pop("stream_options", None)
 
         def whole(raw: bytes, obj: dict[str, Any]) -> None:
-            for event in reply_facts(self.format, obj):
+            for event in reply_facts(wire, obj):
                 on_event(event)
             on_body(raw)
 
@@ -300,14 +327,18 @@ class Backend:
             on_start=on_start,
         )
         self.in_flight += 1
-        url, headers = self._target(forwarded)
+        url, headers = self._target(forwarded, api)
         call.start(self._client, url, headers, dumps(body))
         call.deferred.addBoth(self._finished)
         return call
 
-    def _target(self, forwarded: Forwarded | None) -> tuple[bytes, Headers]:
+    def _target(
+        self, forwarded: Forwarded | None, api: str | None = None
+    ) -> tuple[bytes, Headers]:
         # The URL and headers of one request: an Anthropic upstream also
         # gets what the client forwards.
+        if api == "responses":
+            return self._responses_url, self._headers
         if forwarded is None or self.format != "anthropic":
             return self._url, self._headers
         url = self._url
@@ -372,8 +403,8 @@ def reply_facts(format: str, obj: dict[str, Any]) -> list[ModelEvent]:
     L{MessageStart} with its id and model, and its L{Usage} (input and
     output tokens, counted as streams count them: cache tokens apart).
 
-    @param format: C{"anthropic"} (a message) or C{"openai"} (a Chat
-        Completions completion).
+    @param format: C{"anthropic"} (a message), C{"openai"} (a Chat
+        Completions completion) or C{"responses"} (a C{response} object).
     @param obj: The reply.
     """
     model = obj.get("model")
@@ -388,6 +419,18 @@ def reply_facts(format: str, obj: dict[str, Any]) -> list[ModelEvent]:
     if isinstance(usage, dict):
         if format == "anthropic":
             inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+        elif format == "responses":
+            inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+            # Counted as the stream decoder counts them: cache reads apart.
+            details = usage.get("input_tokens_details")
+            cached = (
+                _count(details.get("cached_tokens"))
+                if isinstance(details, dict)
+                else None
+            )
+            total = _count(inp)
+            if total is not None and cached:
+                inp = max(total - cached, 0)
         else:
             inp, out = usage.get("prompt_tokens"), usage.get("completion_tokens")
         events.append(Usage(_count(inp), _count(out)))

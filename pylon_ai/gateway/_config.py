@@ -14,6 +14,8 @@ from typing import Any
 
 from attrs import field, frozen
 
+from pylon_ai._provider import CustomProvider
+
 PROVIDERS = ("anthropic", "openai", "custom", "mock")
 MB = 1024 * 1024
 
@@ -117,6 +119,22 @@ class ModelConfig:
     cooldown_failures: int = 3
     #: ...for this many seconds (it is used again if every deployment is).
     cooldown_s: float = 30.0
+    #: The upstream speaks the OpenAI Responses API too: C{/v1/responses}
+    #: requests pass through to it.  L{None}: yes for provider C{openai}.
+    responses_api: bool | None = field(default=None, alias="responses")
+    #: Refuse a Responses request's hosted tools (C{web_search}, ...) with
+    #: a 400 instead of dropping them, where the upstream cannot run them.
+    strict_tools: bool = False
+
+    @property
+    def responses(self) -> bool:
+        """
+        Whether the upstream speaks the Responses API (so that
+        C{/v1/responses} passes through to it).
+        """
+        if self.responses_api is None:
+            return self.provider == "openai"
+        return self.responses_api
 
 
 @frozen
@@ -184,6 +202,8 @@ _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
     "retry_budget_s": (int, float),
     "cooldown_failures": int,
     "cooldown_s": (int, float),
+    "responses": bool,
+    "strict_tools": bool,
 }
 
 
@@ -219,6 +239,13 @@ def _strings(value: list[Any], where: str) -> tuple[str, ...]:
 def _positive(value: float, where: str) -> None:
     if value <= 0:
         raise ConfigError(f"{where} must be positive")
+
+
+def _responses_url(base_url: str) -> str | None:
+    try:
+        return CustomProvider(base_url, "").responses_url
+    except ValueError:
+        return ""  # a bad base_url is refused by its own check
 
 
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
@@ -303,8 +330,23 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
                 raise ConfigError(f"{where}.model is required for {provider}")
             if not args.get("api_key"):
                 raise ConfigError(f"{where}: api_key or api_key_env is required")
+        if raw.get("responses") and provider not in ("openai", "custom"):
+            raise ConfigError(
+                f"{where}.responses: only an openai or custom upstream can "
+                "speak the Responses API"
+            )
         if provider == "custom" and not raw.get("base_url"):
             raise ConfigError(f"{where}.base_url is required for custom")
+        if (
+            provider == "custom"
+            and raw.get("responses")
+            and _responses_url(raw["base_url"]) is None
+        ):
+            raise ConfigError(
+                f"{where}.responses: the Responses URL of base_url cannot be "
+                "told; give a base URL without a path, or one ending in "
+                "/chat/completions"
+            )
         if "base_url" in raw and not raw["base_url"].startswith(
             ("http://", "https://")
         ):

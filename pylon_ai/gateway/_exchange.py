@@ -20,7 +20,8 @@ from pylon_ai._errors import ProviderError
 from pylon_ai._json import dumps
 from pylon_ai._sse import Event
 from pylon_ai._upstream import BodyTooLarge
-from pylon_ai.formats import chat, messages
+from pylon_ai.formats import chat, messages, responses
+from pylon_ai.formats._frames import sse_frame
 from pylon_ai.formats.chat import OpenAIStreamEncoder
 from pylon_ai.formats.collect import ReplyCollector
 from pylon_ai.formats.errors import TranslationError
@@ -35,11 +36,15 @@ from pylon_ai.formats.events import (
     merge_usage,
 )
 from pylon_ai.formats.messages import AnthropicStreamEncoder
+from pylon_ai.formats.responses import ResponsesStreamEncoder
+from pylon_ai.formats.responses._reply import failure_code, new_id, response_object
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._attempts import Attempts
 from pylon_ai.gateway._backends import Backend, Forwarded
 from pylon_ai.gateway._gateway import Api, Gateway, UnknownModel
+
+_Encoder = AnthropicStreamEncoder | OpenAIStreamEncoder | ResponsesStreamEncoder
 
 _SSE_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -143,9 +148,14 @@ class Exchange:
         self._usage: Usage | None = None
         self._upstream_model: str | None = None
         self._message_id: str | None = None
-        self._encoder: AnthropicStreamEncoder | OpenAIStreamEncoder | None = None
+        self._encoder: _Encoder | None = None
         self._passthrough = False
         self._saw_done = False
+        #: The client's body (a Responses reply repeats some of it).
+        self._body: dict[str, Any] = {}
+        #: Events passed through as they came (a Responses stream numbers
+        #: them; a failure's events continue the count).
+        self._passed = 0
         #: A translated non-streaming reply, collected from its events.
         self._reply = ReplyCollector()
         # What a non-streaming reply collected so far, in bytes, against
@@ -163,6 +173,7 @@ class Exchange:
         """
         Start serving a checked request body.
         """
+        self._body = body
         self._stream = bool(body.get("stream"))
         options = body.get("stream_options")
         self._want_usage = (
@@ -208,7 +219,7 @@ class Exchange:
     def _upstream_chosen(self, backend: Backend) -> None:
         # The attempt whose reply the client gets (after any retries).
         self._backend = backend
-        self._passthrough = self._stream and backend.format == self._api
+        self._passthrough = self._stream and backend.speaks(self._api)
 
     def shutdown(self) -> None:
         """
@@ -262,6 +273,10 @@ class Exchange:
             ):
                 return  # the usage chunk the gateway asked for itself
             self._write(b"data: " + data.encode("utf-8") + b"\n\n")
+        elif self._api == "responses":
+            self._passed += 1
+            name = None if event.type == "message" else event.type
+            self._write(sse_frame(data, name))
         else:
             self._write(
                 b"event: "
@@ -290,15 +305,25 @@ class Exchange:
                 "ask for a streamed reply (stream: true) instead",
             )
 
-    def _make_encoder(self) -> AnthropicStreamEncoder | OpenAIStreamEncoder:
+    def _make_encoder(self) -> _Encoder:
         model = self._upstream_model or self._default_model()
-        encoder: AnthropicStreamEncoder | OpenAIStreamEncoder
+        encoder: _Encoder
         if self._api == "anthropic":
             encoder = AnthropicStreamEncoder(model)
+        elif self._api == "responses":
+            encoder = ResponsesStreamEncoder(
+                model, echo=responses.response_echo(self._body), names=self._names()
+            )
         else:
             encoder = OpenAIStreamEncoder(model, include_usage=self._want_usage)
         self._encoder = encoder
         return encoder
+
+    def _names(self) -> responses.ToolNames:
+        # How the upstream knows the client's namespaced tools.
+        if self._call is None:
+            return responses.ToolNames()
+        return self._call.translation.names
 
     def _default_model(self) -> str:
         if self._backend is not None and self._backend.model:
@@ -389,6 +414,13 @@ class Exchange:
             if reply.id is None:
                 reply = evolve(reply, id=messages.message_id())
             return messages.encode_response(reply, model=model)
+        if self._api == "responses":
+            return responses.encode_response(
+                reply,
+                echo=responses.response_echo(self._body),
+                names=self._names(),
+                model=model,
+            )
         return chat.encode_response(reply, model=model)
 
     def _start_event(self) -> MessageStart:
@@ -420,12 +452,59 @@ class Exchange:
         if self._began:
             self._unregister()
             if not self._gone:
-                self._request.write(error.event(self._api))
+                self._request.write(self._error_events(error))
                 self._request.finish()
         else:
             self._set_overhead()
             respond_error(self._request, self._api, error)
         self._log()
+
+    def _error_events(self, error: ApiError) -> bytes:
+        # The end of a stream that began, in the client's format.
+        if self._api != "responses":
+            return error.event(self._api)
+        error_type, code = error.openai_type
+        if not self._passthrough:
+            encoder = self._encoder or self._make_encoder()
+            assert isinstance(encoder, ResponsesStreamEncoder)
+            return encoder.error(error.message, error_type, code, status=error.status)
+        # The upstream's own events went out as they came: these follow
+        # them, numbered on, about the response the upstream announced.
+        seq = self._passed
+        failed = response_object(
+            response_id=self._message_id or new_id("resp"),
+            created_at=int(time.time()),
+            model=self._upstream_model or self._default_model(),
+            status="failed",
+            output=[],
+            usage=None,
+            echo=responses.response_echo(self._body),
+            error={
+                "code": failure_code(error_type, error.status),
+                "message": error.message,
+            },
+        )
+        return sse_frame(
+            dumps(
+                {
+                    "type": "error",
+                    "code": code or error_type,
+                    "message": error.message,
+                    "param": None,
+                    "sequence_number": seq,
+                }
+            ),
+            "error",
+        ) + sse_frame(
+            dumps(
+                {
+                    "type": "response.failed",
+                    "response": failed,
+                    "sequence_number": seq + 1,
+                }
+            ),
+            "response.failed",
+        )
 
     def _client_gone(self, reason: Failure) -> None:
         self._gone = True

@@ -21,7 +21,7 @@ from pylon_ai.gateway._limits import Limits
 from pylon_ai.gateway._metrics import Metrics
 from pylon_ai.gateway._translation import Translation
 
-Api = Literal["openai", "anthropic"]
+Api = Literal["openai", "anthropic", "responses"]
 
 
 def deadline(d: Deferred[None], timer: Any) -> Deferred[None]:
@@ -135,6 +135,33 @@ def check_request(api: Api, body: Any) -> None:
             raise _invalid("stream_options", "must be an object")
     else:
         _strings(body, "stop_sequences", single=False)
+
+
+def check_responses_request(body: Any) -> None:
+    """
+    The checks every C{/v1/responses} request passes before it goes
+    anywhere: the fields the gateway relies on.  The rest is judged by an
+    upstream that speaks Responses, or by the translation for the others.
+
+    @param body: The decoded request body; it is not changed.
+    @raise TranslationError: Naming the first bad field.
+    """
+    if not isinstance(body, dict):
+        raise TranslationError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise _invalid("model", "Field required")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "must be a non-empty string")
+    value = body.get("input")
+    if value is not None and not isinstance(value, str | list):
+        raise _invalid("input", "must be a string or an array of items")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid("stream", "must be a boolean")
+    _positive_int(body, "max_output_tokens")
+    _number_in(body, "temperature", 2)
+    _number_in(body, "top_p", 1)
 
 
 class Gateway:

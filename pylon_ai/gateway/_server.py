@@ -26,7 +26,13 @@ from pylon_ai.formats.errors import TranslationError
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError
 from pylon_ai.gateway._exchange import Exchange, respond_error, respond_json
-from pylon_ai.gateway._gateway import Api, Gateway, check_request, deadline
+from pylon_ai.gateway._gateway import (
+    Api,
+    Gateway,
+    check_request,
+    check_responses_request,
+    deadline,
+)
 from pylon_ai.gateway._intake import Busy, GatewayChannel, host_allowed, is_json_type
 from pylon_ai.gateway._routes import (
     CountTokensExchange,
@@ -159,7 +165,7 @@ def _key_of(auth: str | None, x_api_key: str | None) -> str | None:
 
 def _error_body(api: Api, error: ApiError) -> dict[str, Any]:
     body = error.body(api)
-    if api == "openai" and error.status == 415:
+    if api != "anthropic" and error.status == 415:
         # Not in the status table of the upstream errors: a client mistake.
         body["error"]["type"] = "invalid_request_error"
     return body
@@ -443,6 +449,20 @@ class Messages(_Completions):
     route = "/v1/messages"
 
 
+class Responses(_Completions):
+    """
+    C{POST /v1/responses}: the OpenAI Responses API, passed through to
+    upstreams that speak it, translated for the others; errors in OpenAI's
+    shape.
+    """
+
+    api = "responses"
+    route = "/v1/responses"
+
+    def _check(self, body: Any) -> None:
+        check_responses_request(body)
+
+
 class CountTokens(_Completions):
     """
     C{POST /v1/messages/count_tokens}: Anthropic's token counting, forwarded
@@ -653,6 +673,8 @@ class Root(Resource):
             b"/v1/chat/completions": ChatCompletions(gateway),
             b"/chat/completions": ChatCompletions(gateway),
             b"/v1/messages": Messages(gateway),
+            b"/v1/responses": Responses(gateway),
+            b"/responses": Responses(gateway),
             b"/v1/messages/count_tokens": CountTokens(gateway),
             b"/v1/embeddings": Embeddings(gateway),
         }
