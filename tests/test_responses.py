@@ -19,6 +19,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -26,6 +27,7 @@ from pylon_ai.formats import responses
 from pylon_ai.gateway._config import ConfigError, parse_config
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._server import make_site
+from pylon_ai.gateway._translation import Translation
 from pylon_ai.testing import FakeProvider, FakeReply, FakeToolCall
 
 try:
@@ -134,6 +136,14 @@ class _Gateway(TestCase):
                 "base_url": base,
                 "api_key": "",
                 "strict_tools": True,
+                "retries": 0,
+            },
+            {
+                "name": "vllm",
+                "provider": "custom",
+                "base_url": base,
+                "api_key": "",
+                "responses": True,
                 "retries": 0,
             },
             {
@@ -377,6 +387,22 @@ class _Translated(_Mixin):
         sent = json.dumps(self.sent()["tools"])
         self.assertIn("get_weather", sent)
         self.assertNotIn("web_search", sent)
+
+    async def test_dropped_tools_logged(self) -> None:
+        """
+        The dropped hosted tools are logged once, by type, with no prompt.
+        """
+        logged: list[dict[str, Any]] = []
+        self.patch(Translation, "log", Logger(observer=logged.append))
+        self.fake.enqueue(FakeReply(["ok"]))
+        await self.create(
+            model=self.model, input="secret prompt", tools=[WEB_SEARCH, WEATHER]
+        )
+        self.assertEqual(len(logged), 1)
+        text = formatEvent(logged[0])
+        self.assertIn("web_search", text)
+        self.assertIn(self.model, text)
+        self.assertNotIn("secret prompt", repr(logged[0]))
 
     async def test_previous_response_id_refused(self) -> None:
         """
@@ -647,6 +673,17 @@ class PassThroughTests(_Gateway):
         _, final = await self.stream(model="gpt", tools=[WEATHER])
         self.assertEqual(final.output[0].name, "get_weather")
         self.assertEqual(self.sent()["tools"], [WEATHER])
+
+    async def test_custom_responses(self) -> None:
+        """
+        A custom model with C{responses = true} passes through to the
+        Responses URL beside its base URL.
+        """
+        body = {"model": "vllm", "input": "hi", "tools": [WEB_SEARCH]}
+        reply = await self.create(**body)
+        self.assertEqual(reply.output_text, "Hello from the fake.")
+        self.assertEqual(self.path(), "/v1/responses")
+        self.assertEqual(self.sent()["tools"], [WEB_SEARCH])
 
     async def test_failure_after_start(self) -> None:
         """
