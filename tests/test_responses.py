@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from pylon_ai.formats import responses
+from pylon_ai.formats.canonical import STRUCTURED_OUTPUT_TOOL
 from pylon_ai.gateway._config import ConfigError, parse_config
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._server import make_site
@@ -587,6 +588,29 @@ class AnthropicUpstreamTests(_Translated, _Gateway):
                 }
             ],
         )
+
+    async def test_json_object(self) -> None:
+        """
+        C{text.format} json_object, which Anthropic lacks, goes up as the
+        forced structured-output tool; its call comes back as the text.
+        """
+        for _ in range(2):
+            self.fake.enqueue(
+                FakeReply(
+                    tool_calls=[
+                        FakeToolCall(
+                            "toolu_s", STRUCTURED_OUTPUT_TOOL, ['{"name":', '"Ada"}']
+                        )
+                    ]
+                )
+            )
+        text = {"format": {"type": "json_object"}}
+        reply = await self.create(model=self.model, text=text, input="JSON please")
+        self.assertEqual(self.sent()["tool_choice"]["name"], STRUCTURED_OUTPUT_TOOL)
+        self.assertEqual(json.loads(reply.output_text), {"name": "Ada"})
+        self.assertEqual([item.type for item in reply.output], ["message"])
+        _, final = await self.stream(model=self.model, text=text, input="JSON please")
+        self.assertEqual(json.loads(final.output_text), {"name": "Ada"})
 
     async def test_whole_reasoning(self) -> None:
         """
