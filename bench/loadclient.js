@@ -7,7 +7,8 @@
 //
 // spec: {url, headers, body (string), concurrency, requests (max count),
 //        duration_s (max time, default 10), timeout_s (per request, default 30),
-//        expect: "openai" | "anthropic" | "json", warmup (requests, default 0)}
+//        expect: "openai" | "anthropic" | "responses" | "json",
+//        warmup (requests, default 0)}
 //
 // Each of `concurrency` workers sends requests one after another on its own
 // keep-alive connection until `requests` were started or `duration_s` passed.
@@ -26,7 +27,11 @@ const durationMs = (spec.duration_s || 10) * 1000;
 const timeoutMs = (spec.timeout_s || 30) * 1000;
 const expect = spec.expect || "json";
 const body = Buffer.from(spec.body || "{}");
-const marker = expect === "openai" ? "[DONE]" : expect === "anthropic" ? "message_stop" : null;
+// The event that says a stream ended well.  Searched in every chunk (with the
+// previous chunk's tail, for a marker split across two): Responses' last event
+// carries the whole response, so the marker is far from the stream's end.
+const MARKERS = { openai: "[DONE]", anthropic: "message_stop", responses: "response.completed" };
+const marker = MARKERS[expect] || null;
 const headers = Object.assign(
   { "content-type": "application/json", "content-length": body.length },
   spec.headers || {}
@@ -67,6 +72,7 @@ function one() {
     const t0 = now();
     let first = null;
     let tail = "";
+    let seen = false;
     let opened = false;
     let done = false;
     const finish = (err) => {
@@ -91,12 +97,16 @@ function one() {
             reportOpen();
           }
           bytes += chunk.length;
-          tail = (tail + chunk.toString("latin1")).slice(-96);
+          if (marker !== null && !seen) {
+            const text = tail + chunk.toString("latin1");
+            seen = text.indexOf(marker) >= 0;
+            tail = text.slice(-marker.length);
+          }
         });
         res.on("end", () => {
           const t1 = now();
           if (res.statusCode !== 200) return finish("status_" + res.statusCode);
-          if (marker !== null && tail.indexOf(marker) < 0) return finish("incomplete_stream");
+          if (marker !== null && !seen) return finish("incomplete_stream");
           if (first === null) first = t1;
           ok++;
           ttft.push(first - t0);

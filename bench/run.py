@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -42,17 +43,39 @@ TMP = WORK / "tmp"
 
 GATEWAY_CPU = "0"
 LOAD_CPU = "1"
-TARGETS = ("direct", "pylon_ai", "litellm", "portkey")
+# pylon_ai_redis: pylon_ai with [server] state on a local Redis (scenario b
+# only; asked for by name).  portkey_shim: Portkey with today's npm resolution
+# and the shim (--portkey-variant latest-shim).
+TARGETS = ("direct", "pylon_ai", "pylon_ai_redis", "litellm", "portkey", "portkey_shim")
+DEFAULT_GATEWAYS = ("direct", "pylon_ai", "litellm", "portkey")
 # Pinned so that runs compare; bump deliberately (the stamps reinstall).
 LITELLM_SPEC = "litellm[proxy]==1.108.7"
+# What LiteLLM's proxy runs on: recorded with the results (pip resolves them
+# within the wheel's ranges; see README).
+LITELLM_DEPS = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "uvloop",
+    "pydantic",
+    "httpx",
+    "aiohttp",
+    "openai",
+    "orjson",
+)
 PORTKEY_VERSION = "1.15.2"
+# Portkey's runtime packages that decide how it streams.
+PORTKEY_DEPS = ("hono", "@hono/node-server")
+PORTKEY_VARIANTS = {"lockfile": "portkey", "latest-shim": "portkey_shim"}
 LABELS = {
     "direct": "direct",
     "pylon_ai": "pylon_ai",
+    "pylon_ai_redis": "pylon_ai (Redis state)",
     "litellm": "LiteLLM",
     "portkey": "Portkey",
+    "portkey_shim": "Portkey (latest deps + shim)",
 }
-SCENARIOS = ("a", "b", "c", "d", "e")
+SCENARIOS = ("a", "b", "c", "d", "e", "r")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -334,7 +357,7 @@ def install(args: argparse.Namespace, need: set[str]) -> dict[str, Any]:
     # The chart's venv.
     info["tools_python"] = str(venv(WORK / "venv-tools", ["matplotlib"], "matplotlib"))
 
-    if "pylon_ai" in need:
+    if need & {"pylon_ai", "pylon_ai_redis"}:
         if args.pylon_src == "head":
             commit = git_commit()
             src = WORK / "src-pylon"
@@ -371,16 +394,43 @@ def install(args: argparse.Namespace, need: set[str]) -> dict[str, Any]:
         ).stdout.strip()
     if "litellm" in need:
         py = venv(WORK / "venv-litellm", [LITELLM_SPEC], LITELLM_SPEC)
-        info["litellm"] = subprocess.run(
-            [
-                str(py),
-                "-c",
-                "import importlib.metadata as m; print(m.version('litellm'))",
-            ],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        found = json.loads(
+            subprocess.run(
+                [
+                    str(py),
+                    "-c",
+                    "import importlib.metadata as m, json, sys\n"
+                    "out = {}\n"
+                    "for n in sys.argv[1:]:\n"
+                    "    try: out[n] = m.version(n)\n"
+                    "    except m.PackageNotFoundError: out[n] = None\n"
+                    "print(json.dumps(out))",
+                    "litellm",
+                    *LITELLM_DEPS,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        info["litellm"] = found.pop("litellm")
+        info["litellm_deps"] = found
     if "portkey" in need:
+        pk = WORK / "portkey-lockfile"
+        src = BENCH / "portkey"
+        lock = (src / "package-lock.json").read_bytes()
+        key = hashlib.sha256(lock + (src / "package.json").read_bytes()).hexdigest()
+        stamp = pk / ".bench-stamp"
+        if not (stamp.exists() and stamp.read_text() == key):
+            log(f"Portkey {PORTKEY_VERSION} with its release lockfile's versions")
+            shutil.rmtree(pk, ignore_errors=True)
+            pk.mkdir(parents=True)
+            shutil.copy(src / "package.json", pk / "package.json")
+            shutil.copy(src / "package-lock.json", pk / "package-lock.json")
+            sh(["npm", "ci", "--omit=dev", "--no-audit", "--no-fund"], cwd=str(pk))
+            stamp.write_text(key)
+        info["portkey"] = node_versions(pk)
+    if "portkey_shim" in need:
         pk = WORK / "portkey"
         pkg_json = pk / "node_modules" / "@portkey-ai" / "gateway" / "package.json"
         have = (
@@ -400,8 +450,34 @@ def install(args: argparse.Namespace, need: set[str]) -> dict[str, Any]:
                 + "\n"
             )
             sh(["npm", "install", "--no-audit", "--no-fund"], cwd=str(pk))
-        info["portkey"] = json.loads(pkg_json.read_text())["version"]
+        info["portkey_shim"] = node_versions(pk)
+    if "pylon_ai_redis" in need:
+        if not shutil.which("redis-server"):
+            log("installing redis-server (Debian)")
+            sh(["apt-get", "update", "-qq"])
+            sh(
+                ["apt-get", "install", "-y", "-qq", "redis-server"],
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+        info["redis"] = (
+            subprocess.run(
+                ["redis-server", "--version"], capture_output=True, text=True
+            ).stdout.split(" sha=")[0]
+            or "redis-server"
+        )
     return info
+
+
+def node_versions(prefix: Path) -> dict[str, str | None]:
+    """
+    The versions installed under C{prefix}/node_modules of Portkey's gateway
+    and of the packages that decide how it streams.
+    """
+    out: dict[str, str | None] = {}
+    for name in ("@portkey-ai/gateway", *PORTKEY_DEPS):
+        pkg = prefix / "node_modules" / name / "package.json"
+        out[name] = json.loads(pkg.read_text())["version"] if pkg.exists() else None
+    return out
 
 
 # -- the requests ----------------------------------------------------------------
@@ -419,6 +495,7 @@ class Target:
         self.port = port
         self.up = up
         self.proc: subprocess.Popen[bytes] | None = None
+        self.redis: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
         self.version = ""
 
@@ -429,19 +506,22 @@ class Target:
 
         kinds: chat_json, chat_stream (OpenAI client and upstream),
         msg_stream (Anthropic client and upstream), cross_chat (OpenAI client,
-        Anthropic upstream), cross_msg (Anthropic client, OpenAI upstream).
+        Anthropic upstream), cross_msg (Anthropic client, OpenAI upstream),
+        resp_stream (OpenAI Responses client, Chat Completions upstream).
         """
+        if kind == "resp_stream":
+            return self._responses(script)
         chat = kind in ("chat_json", "chat_stream", "cross_chat")
         upstream_anthropic = kind in ("msg_stream", "cross_chat")
         path = "/v1/chat/completions" if chat else "/v1/messages"
         headers: dict[str, str] = {}
         model = script
-        if self.name in ("pylon_ai", "litellm"):
+        if self.name.startswith("pylon_ai") or self.name == "litellm":
             model = ("anth-" if upstream_anthropic else "") + script
         if not chat:
             headers["anthropic-version"] = "2023-06-01"
             headers["x-api-key"] = "x"
-        if self.name == "portkey":
+        if self.name.startswith("portkey"):
             if upstream_anthropic:
                 headers["x-portkey-provider"] = "anthropic"
                 headers["x-api-key"] = "x"
@@ -463,6 +543,31 @@ class Target:
             headers,
             json.dumps(body).encode(),
             expect,
+        )
+
+    def _responses(self, script: str) -> tuple[str, dict[str, str], bytes, str]:
+        """
+        A streamed C{POST /v1/responses} whose model's upstream speaks Chat
+        Completions (the scripted upstream), so the gateway translates.
+        """
+        headers: dict[str, str] = {}
+        model = script
+        if self.name == "litellm":
+            # custom_openai/ has no Responses config of its own: LiteLLM
+            # bridges through /v1/chat/completions, as pylon_ai does.
+            model = "resp-" + script
+            headers["authorization"] = "Bearer sk-bench"
+        body = {
+            "model": model,
+            "input": "Say hello.",
+            "max_output_tokens": 1024,
+            "stream": True,
+        }
+        return (
+            f"http://127.0.0.1:{self.port}/v1/responses",
+            headers,
+            json.dumps(body).encode(),
+            "responses",
         )
 
 
@@ -606,11 +711,15 @@ def client(
 
 # -- the systems under test ------------------------------------------------------
 
-SCRIPTS_OPENAI = ("c20-d0", "c200-d0", "c200-d0-f5", "c50-d100", "c10-d100")
+# c10-d20: the "spaced" TTFT case (chunks 20 ms apart, each its own write).
+SCRIPTS_OPENAI = ("c20-d0", "c200-d0", "c200-d0-f5", "c50-d100", "c10-d100", "c10-d20")
 
 
-def pylon_config(up: int, path: Path) -> None:
-    parts = ["[server]\nshutdown_grace_s = 1\n"]
+def pylon_config(up: int, path: Path, state: str | None = None) -> None:
+    server = "[server]\nshutdown_grace_s = 1\n"
+    if state:
+        server += f'state = "{state}"\n'
+    parts = [server]
     for s in SCRIPTS_OPENAI:
         parts.append(
             f'[[models]]\nname = "{s}"\nprovider = "custom"\nmodel = "{s}"\n'
@@ -637,6 +746,11 @@ def litellm_config(up: int, path: Path) -> None:
             f"      model: anthropic/{s}",
             f"      api_base: http://127.0.0.1:{up}",
             "      api_key: x",
+            f"  - model_name: resp-{s}",
+            "    litellm_params:",
+            f"      model: custom_openai/{s}",
+            f"      api_base: http://127.0.0.1:{up}/v1",
+            "      api_key: x",
         ]
     lines += [
         "litellm_settings:",
@@ -649,15 +763,62 @@ def litellm_config(up: int, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_target(target: Target, versions: dict[str, Any]) -> None:
+def start_redis() -> tuple[subprocess.Popen[bytes], int]:
+    """
+    A throw-away redis-server on a free loopback port, no persistence, its
+    files in bench/.work/redis; pinned with the load (see README).
+    """
+    port = free_port()
+    data = WORK / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    proc = spawn(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data),
+        ],
+        "redis",
+        LOAD_CPU,
+    )
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            pass
+        time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError("redis-server not ready after 10s")
+
+
+def start_target(
+    target: Target, versions: dict[str, Any], args: argparse.Namespace
+) -> None:
     name = target.name
     if name == "direct":
         target.version = "upstream.js"
         return
     port = target.port
-    if name == "pylon_ai":
-        cfg = WORK / "pylon.toml"
-        pylon_config(target.up, cfg)
+    if name.startswith("pylon_ai"):
+        cfg = WORK / f"{name}.toml"
+        state = None
+        if name == "pylon_ai_redis":
+            target.redis, rport = start_redis()
+            state = f"redis://127.0.0.1:{rport}/0"
+        pylon_config(target.up, cfg, state)
         proc = spawn(
             [
                 str(WORK / "venv-pylon" / "bin" / "twistd"),
@@ -670,14 +831,20 @@ def start_target(target: Target, versions: dict[str, Any]) -> None:
                 str(port),
                 "--config",
                 str(cfg),
+                "--workers",
+                str(args.workers),
             ],
-            "pylon_ai",
+            name,
             GATEWAY_CPU,
         )
         ready = f"http://127.0.0.1:{port}/healthz"
         limit = 60.0
         commit = versions.get("pylon_ai_commit", "")[:10]
         target.version = f"{versions.get('pylon_ai', '?')} ({commit})"
+        if args.workers != "1":
+            target.version += f", --workers {args.workers}"
+        if state:
+            target.version += f", state on {versions.get('redis', 'Redis')}"
     elif name == "litellm":
         cfg = WORK / "litellm.yaml"
         litellm_config(target.up, cfg)
@@ -708,34 +875,44 @@ def start_target(target: Target, versions: dict[str, Any]) -> None:
         )
         ready = f"http://127.0.0.1:{port}/health/liveliness"
         limit = 180.0
-        target.version = versions.get("litellm", "?")
-    elif name == "portkey":
-        entry = (
-            WORK
-            / "portkey"
-            / "node_modules"
-            / "@portkey-ai"
-            / "gateway"
-            / "build"
-            / "start-server.js"
+        deps = versions.get("litellm_deps") or {}
+        target.version = (
+            f"{versions.get('litellm', '?')} ("
+            + ", ".join(f"{k} {v}" for k, v in deps.items())
+            + ")"
+        )
+    elif name in ("portkey", "portkey_shim"):
+        # The release's own versions need no shim; today's resolution does.
+        home = WORK / ("portkey-lockfile" if name == "portkey" else "portkey")
+        entry = home / "node_modules" / "@portkey-ai" / "gateway" / "build"
+        shim = (
+            []
+            if name == "portkey"
+            else ["--import", (BENCH / "portkey-shim.mjs").as_uri()]
         )
         proc = spawn(
             [
                 "node",
-                "--import",
-                (BENCH / "portkey-shim.mjs").as_uri(),
-                str(entry),
+                *shim,
+                str(entry / "start-server.js"),
                 f"--port={port}",
                 "--headless",
             ],
-            "portkey",
+            name,
             GATEWAY_CPU,
             env={"NODE_ENV": "production"},
-            cwd=WORK / "portkey",
+            cwd=home,
         )
         ready = f"http://127.0.0.1:{port}/"
         limit = 60.0
-        target.version = versions.get("portkey", "?")
+        v = versions.get(name) or {}
+        deps = ", ".join(f"{d} {v.get(d)}" for d in PORTKEY_DEPS)
+        how = (
+            "release lockfile, no shim"
+            if name == "portkey"
+            else "npm's resolution today + shim"
+        )
+        target.version = f"{v.get('@portkey-ai/gateway', '?')} ({deps}; {how})"
     else:
         raise ValueError(name)
     target.proc = proc
@@ -749,6 +926,9 @@ def stop_target(target: Target) -> None:
     if target.proc is not None:
         stop(target.proc)
         target.proc = None
+    if target.redis is not None:
+        stop(target.redis)
+        target.redis = None
 
 
 # -- the scenarios ----------------------------------------------------------------
@@ -822,6 +1002,8 @@ def run_target(
     D = args.duration
     T = args.ttft_duration
     scen = set(args.scenarios)
+    if target.name == "pylon_ai_redis":
+        scen &= {"b", "d"}  # the Redis variant of scenario b only
     slow_n, slow_script = args.slow_streams, args.slow_script
     slow_chunks = int(re.match(r"c(\d+)", slow_script).group(1))  # type: ignore[union-attr]
     fast_chunks = 200
@@ -834,6 +1016,8 @@ def run_target(
         ("cross_chat", "c200-d0"),
     ):
         if target.name == "direct" and kind.startswith("cross"):
+            continue
+        if target.name == "pylon_ai_redis" and kind != "chat_stream":
             continue
         try:
             wrk(target, kind, script, 8, args.warmup, f"warm-{kind}")
@@ -856,10 +1040,7 @@ def run_target(
                 res = throughput(target, "chat_stream", "c200-d0", c, D, f"b{c}")
                 cpu = res.pop("cpu_s", 0.0)
                 if target.name != "direct" and res.get("requests"):
-                    res["cpu_s"] = round(cpu, 3)
-                    res["cpu_per_1k_chunks_s"] = round(
-                        cpu / (res["requests"] * fast_chunks / 1000), 5
-                    )
+                    per_chunk(res, cpu, res["requests"] * fast_chunks)
                 # TTFT with the first chunk sent alone, 5 ms before the rest.
                 ttft = client(target, "chat_stream", "c200-d0-f5", c, 20000, T)
                 res["ttft_ms"] = ttft["ttft_ms"]
@@ -872,6 +1053,14 @@ def run_target(
                     # TTFT when all 200 chunks arrive in one burst.
                     burst = client(target, "chat_stream", "c200-d0", c, 20000, T)
                     res["ttft_burst_ms"] = burst["ttft_ms"]
+                    # "Spaced": 10 chunks 20 ms apart, each its own write
+                    # (180 ms a stream, hence the longer window).
+                    spaced = client(target, "chat_stream", "c10-d20", c, 20000, 3 * T)
+                    res["ttft_spaced_ms"] = spaced["ttft_ms"]
+                    res["spaced_ok"] = spaced["ok"]
+                    if spaced["failed"]:
+                        res["client_failed"] = res["client_failed"] + spaced["failed"]
+                        res["spaced_errors"] = spaced["errors"]
                 return res
 
             attempt(results, f"b_c{c}", target, b_run)
@@ -904,11 +1093,10 @@ def run_target(
                 res["rss_peak_mib"] = round(peak / 2**20, 1)
                 res["rss_after_mib"] = round(rss_bytes(pids) / 2**20, 1)
                 res["rss_per_stream_kib"] = round((peak - before) / 1024 / slow_n, 1)
-                res["cpu_s"] = round(cpu, 3)
                 if res["ok"]:
-                    res["cpu_per_1k_chunks_s"] = round(
-                        cpu / (res["ok"] * slow_chunks / 1000), 5
-                    )
+                    per_chunk(res, cpu, res["ok"] * slow_chunks)
+                else:
+                    res["cpu_s"] = round(cpu, 3)
             return res
 
         attempt(results, "c_slow", target, c_run)
@@ -923,10 +1111,7 @@ def run_target(
                 res = throughput(target, kind, "c200-d0", 64, D, f"{kind}64")
                 cpu = res.pop("cpu_s", 0.0)
                 if target.name != "direct" and res.get("requests"):
-                    res["cpu_s"] = round(cpu, 3)
-                    res["cpu_per_1k_chunks_s"] = round(
-                        cpu / (res["requests"] * fast_chunks / 1000), 5
-                    )
+                    per_chunk(res, cpu, res["requests"] * fast_chunks)
                 ttft = client(target, kind, "c200-d0-f5", 1, 20000, T)
                 res["ttft_ms"] = ttft["ttft_ms"]
                 res["client_ok"] = ttft["ok"]
@@ -940,6 +1125,67 @@ def run_target(
                 return res
 
             attempt(results, key, target, e_run)
+
+    if "r" in scen:
+        reason = RESPONSES_NA.get(target.name)
+        if reason:
+            results.setdefault("r_responses", {})[target.name] = {"na": reason}
+        else:
+            attempt(results, "r_responses", target, lambda: r_run(target, D, T))
+
+
+# Targets whose /v1/responses cannot be compared here, and why.
+RESPONSES_NA = {
+    "direct": "the scripted upstream speaks Chat Completions and Messages only",
+    "portkey": "Portkey forwards /v1/responses to the provider's /v1/responses "
+    "(no translation to Chat Completions), which the scripted upstream lacks",
+    "portkey_shim": "as Portkey",
+    "pylon_ai_redis": "scenario b only",
+}
+
+
+def r_run(target: Target, D: float, T: float) -> dict[str, Any]:
+    """
+    Scenario r: 200-chunk Responses streams at c=64 translated onto the Chat
+    Completions upstream of scenario b, and TTFT at c=1 (first chunk alone).
+    A gateway without the route gets one probe and an error, not a run.
+    """
+    url, headers, body, _ = target.request("resp_stream", "c200-d0")
+    req = urllib.request.Request(
+        url, data=body, headers={"content-type": "application/json", **headers}
+    )
+    assert url.startswith("http://127.0.0.1:")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status, text = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read()
+    if status != 200 or b"response.completed" not in text:
+        snippet = text[:160].decode("utf-8", "replace")
+        return {"error": f"probe: HTTP {status}: {snippet}"}
+    res = throughput(target, "resp_stream", "c200-d0", 64, D, "r64")
+    cpu = res.pop("cpu_s", 0.0)
+    if res.get("requests"):
+        # Per upstream chunk, as in b, so the two compare.
+        per_chunk(res, cpu, res["requests"] * 200)
+    ttft = client(target, "resp_stream", "c200-d0-f5", 1, 20000, T)
+    res["ttft_ms"] = ttft["ttft_ms"]
+    res["client_ok"] = ttft["ok"]
+    res["client_failed"] = ttft["failed"]
+    if ttft["failed"]:
+        res["client_errors"] = ttft["errors"]
+    return res
+
+
+def per_chunk(res: dict[str, Any], cpu: float, chunks: int) -> None:
+    """
+    The gateway's CPU over a run, per 1,000 forwarded chunks (s) and per
+    chunk (µs).
+    """
+    res["cpu_s"] = round(cpu, 3)
+    if chunks:
+        res["cpu_per_1k_chunks_s"] = round(cpu / (chunks / 1000), 5)
+        res["cpu_us_per_chunk"] = round(cpu / chunks * 1e6, 2)
 
 
 def profile_pylon(target: Target, args: argparse.Namespace) -> dict[str, Any]:
@@ -1038,6 +1284,32 @@ def get(results: dict[str, Any], key: str, target: str, *path: str) -> float | N
     return v if isinstance(v, (int, float)) else None
 
 
+def derive(results: dict[str, Any]) -> None:
+    """
+    Added TTFT at c=1: each gateway's TTFT minus direct's in the same run,
+    p50 and p99, for the first chunk alone, the burst and the spaced chunks.
+    """
+    b1 = results.get("b_c1", {})
+    direct = b1.get("direct")
+    if not isinstance(direct, dict):
+        return
+    for name, v in b1.items():
+        if name == "direct" or not isinstance(v, dict):
+            continue
+        added: dict[str, Any] = {}
+        for case, field in (
+            ("first_alone", "ttft_ms"),
+            ("burst", "ttft_burst_ms"),
+            ("spaced", "ttft_spaced_ms"),
+        ):
+            g, d = v.get(field) or {}, direct.get(field) or {}
+            for pct in ("p50", "p99"):
+                if g.get(pct) is not None and d.get(pct) is not None:
+                    added.setdefault(case, {})[pct] = round(g[pct] - d[pct], 3)
+        if added:
+            v["added_ttft_ms"] = added
+
+
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
@@ -1113,6 +1385,27 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             None if r is None else r <= 1,
             f"pylon_ai {p} s vs Portkey {pk} s: {r}x",
         )
+    for case, limit in (("burst", 1.0), ("spaced", 0.3)):
+        added = get(results, "b_c1", "pylon_ai", "added_ttft_ms", case, "p50")
+        add(
+            f"issue 11: added TTFT p50 at c=1 < {limit} ms ({case} chunks)",
+            None if added is None else added < limit,
+            f"pylon_ai +{added} ms over direct",
+        )
+    for key, unit in (("b_c64", "streams/s"), ("a_c64", "req/s")):
+        p, pk = (get(results, key, t, "rps") for t in ("pylon_ai", "portkey"))
+        r = ratio(p, pk)
+        add(
+            f"issue 11: {key[0]} c=64 >= 2x Portkey (release lockfile)",
+            None if r is None else r >= 2,
+            f"pylon_ai {p} {unit} vs Portkey {pk}: {r}x",
+        )
+    p = get(results, "b_c64", "pylon_ai", "cpu_per_1k_chunks_s")
+    add(
+        "issue 11: pass-through CPU <= 0.005 s per 1000 chunks (b, c=64)",
+        None if p is None else p <= 0.005,
+        f"pylon_ai {p} s",
+    )
     same = get(results, "b_c64", "pylon_ai", "cpu_per_1k_chunks_s")
     cross = get(results, "e_cross_oa", "pylon_ai", "cpu_per_1k_chunks_s")
     r = ratio(cross, same)
@@ -1138,6 +1431,30 @@ ROWS: list[tuple[str, str, tuple[str, ...], str]] = [
         ("ttft_burst_ms.p50", "ttft_burst_ms.p99"),
         "{:.2f}",
     ),
+    (
+        "b_c1",
+        "b. c=1: TTFT p50 / p99 ms, spaced chunks (20 ms apart)",
+        ("ttft_spaced_ms.p50", "ttft_spaced_ms.p99"),
+        "{:.2f}",
+    ),
+    (
+        "b_c1",
+        "b. c=1: added TTFT p50 / p99 ms, first chunk alone",
+        ("added_ttft_ms.first_alone.p50", "added_ttft_ms.first_alone.p99"),
+        "{:+.2f}",
+    ),
+    (
+        "b_c1",
+        "b. c=1: added TTFT p50 / p99 ms, burst",
+        ("added_ttft_ms.burst.p50", "added_ttft_ms.burst.p99"),
+        "{:+.2f}",
+    ),
+    (
+        "b_c1",
+        "b. c=1: added TTFT p50 / p99 ms, spaced",
+        ("added_ttft_ms.spaced.p50", "added_ttft_ms.spaced.p99"),
+        "{:+.2f}",
+    ),
     ("b_c1", "b. c=1: total p50 / p99 ms", ("p50_ms", "p99_ms"), "{:.2f}"),
     ("b_c64", "b. 200-chunk streams c=64: streams/s", ("rps",), "{:.0f}"),
     ("b_c64", "b. c=64: TTFT p50 / p99 ms", ("ttft_ms.p50", "ttft_ms.p99"), "{:.1f}"),
@@ -1154,10 +1471,22 @@ ROWS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("c_slow", "c. RSS per open stream KiB", ("rss_per_stream_kib",), "{:.1f}"),
     ("b_c64", "d. CPU s per 1000 chunks (b, c=64)", ("cpu_per_1k_chunks_s",), "{:.4f}"),
     (
+        "b_c64",
+        "d. CPU µs per forwarded chunk (b, c=64)",
+        ("cpu_us_per_chunk",),
+        "{:.1f}",
+    ),
+    (
         "c_slow",
         "d. CPU s per 1000 chunks (c, slow)",
         ("cpu_per_1k_chunks_s",),
         "{:.4f}",
+    ),
+    (
+        "c_slow",
+        "d. CPU µs per forwarded chunk (c, slow)",
+        ("cpu_us_per_chunk",),
+        "{:.1f}",
     ),
     ("e_anthropic", "e. /v1/messages streams c=64: streams/s", ("rps",), "{:.0f}"),
     (
@@ -1192,6 +1521,25 @@ ROWS: list[tuple[str, str, tuple[str, ...], str]] = [
         ("cpu_per_1k_chunks_s",),
         "{:.4f}",
     ),
+    ("r_responses", "r. /v1/responses streams c=64: streams/s", ("rps",), "{:.0f}"),
+    (
+        "r_responses",
+        "r. /v1/responses c=64: total p50 / p99 ms",
+        ("p50_ms", "p99_ms"),
+        "{:.1f}",
+    ),
+    (
+        "r_responses",
+        "r. /v1/responses c=1: TTFT p50 / p99 ms",
+        ("ttft_ms.p50", "ttft_ms.p99"),
+        "{:.2f}",
+    ),
+    (
+        "r_responses",
+        "r. /v1/responses CPU µs per upstream chunk",
+        ("cpu_us_per_chunk",),
+        "{:.1f}",
+    ),
     (
         "upstream_connections",
         "upstream requests / connections opened",
@@ -1206,6 +1554,8 @@ def cell(v: Any, fields: tuple[str, ...], fmt: str) -> str:
         return "—"
     if not isinstance(v, dict):
         return str(v)
+    if "na" in v:
+        return "n/a"
     vals = []
     for f in fields:
         x: Any = v
@@ -1250,6 +1600,30 @@ def markdown(data: dict[str, Any]) -> str:
     for t in data["targets"]:
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         out.append(f"- **{mark}** — {t['target']}: {t['detail']}")
+    cmp = []
+    for t in cols:
+        r, b = get(res, "r_responses", t, "rps"), get(res, "b_c64", t, "rps")
+        ru, bu = (get(res, k, t, "cpu_us_per_chunk") for k in ("r_responses", "b_c64"))
+        if r is not None and b:
+            line = f"- {LABELS[t]}: {r:.0f} vs {b:.0f} streams/s ({r / b:.2f}x)"
+            if ru is not None and bu:
+                line += f"; CPU {ru:.1f} vs {bu:.1f} µs per upstream chunk"
+            cmp.append(line)
+    if cmp:
+        out += [
+            "",
+            "## Responses (r) against Chat Completions (b), same upstream, c=64",
+            "",
+            *cmp,
+        ]
+    na = [
+        f"- {k} / {LABELS[t]}: {v['na']}"
+        for k, row in res.items()
+        for t, v in row.items()
+        if isinstance(v, dict) and "na" in v
+    ]
+    if na:
+        out += ["", "## n/a", "", *na]
     errs = [
         f"- {k} / {LABELS[t]}: "
         f"{v.get('error') or v.get('client_errors') or v.get('errors')}"
@@ -1298,13 +1672,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument(
         "--gateways",
-        default=",".join(TARGETS),
-        help="comma-separated subset of " + ",".join(TARGETS),
+        default=",".join(DEFAULT_GATEWAYS),
+        help="comma-separated subset of "
+        + ",".join(TARGETS)
+        + " (default "
+        + ",".join(DEFAULT_GATEWAYS)
+        + "); pylon_ai_redis runs scenario b with [server] state on a local "
+        "redis-server",
     )
     ap.add_argument(
         "--scenarios",
-        default="abcde",
-        help="letters of the scenarios to run (default abcde)",
+        default="abcder",
+        help="letters of the scenarios to run (default abcder; r = /v1/responses)",
+    )
+    ap.add_argument(
+        "--portkey-variant",
+        default="lockfile",
+        help="how Portkey is installed, comma-separated: lockfile (its release "
+        "lockfile's versions, no shim; default), latest-shim (npm's resolution "
+        "today + bench/portkey-shim.mjs); both show the shim's cost in one run",
+    )
+    ap.add_argument(
+        "--workers",
+        default="1",
+        help="pylon_ai's --workers (N or auto; default 1); every worker shares "
+        "the gateway's one core",
     )
     ap.add_argument("--duration", type=float, help="seconds per wrk run (default 5)")
     ap.add_argument(
@@ -1341,10 +1733,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.slow_timeout = 60.0
     args.warmup = 0.5 if q else 1.0
     args.out = args.out or (WORK / "quick" if q else BENCH / "results")
-    args.gateways = [g.strip() for g in args.gateways.split(",") if g.strip()]
-    for g in args.gateways:
+    variants = [v.strip() for v in args.portkey_variant.split(",") if v.strip()]
+    for v in variants:
+        if v not in PORTKEY_VARIANTS:
+            ap.error(f"--portkey-variant: unknown {v!r} (lockfile, latest-shim)")
+    gateways: list[str] = []
+    for g in (g.strip() for g in args.gateways.split(",")):
+        if not g:
+            continue
         if g not in TARGETS:
             ap.error(f"unknown gateway {g!r}")
+        names = [PORTKEY_VARIANTS[v] for v in variants] if g == "portkey" else [g]
+        gateways += [n for n in names if n not in gateways]
+    args.gateways = gateways
+    if not re.fullmatch(r"[1-9]\d*|auto", args.workers):
+        ap.error("--workers: a positive number or auto")
     args.scenarios = [s for s in args.scenarios if s in SCENARIOS]
     return args
 
@@ -1383,7 +1786,7 @@ def main(argv: list[str]) -> int:
         target = Target(name, free_port(), up)
         log(f"== {name}")
         try:
-            start_target(target, versions)
+            start_target(target, versions, args)
         except Exception as e:
             log(f"{name} did not start: {e}")
             results.setdefault("start_errors", {})[name] = {"error": str(e)[:300]}
@@ -1398,7 +1801,14 @@ def main(argv: list[str]) -> int:
                 "requests": up1["served"] - up0["served"],
                 "connections": up1["connections"] - up0["connections"],
             }
-            if name == "pylon_ai" and not args.no_profile and "b" in args.scenarios:
+            if (
+                name == "pylon_ai"
+                and not args.no_profile
+                and "b" in args.scenarios
+                # py-spy follows one process: with workers it would sample
+                # the supervisor.
+                and args.workers == "1"
+            ):
                 try:
                     profile = profile_pylon(target, args)
                 except Exception as e:
@@ -1420,6 +1830,12 @@ def main(argv: list[str]) -> int:
         "ttft_duration_s": args.ttft_duration,
         "slow_streams": args.slow_streams,
         "slow_script": args.slow_script,
+        "pylon_workers": args.workers,
+        "peers": {
+            k: versions[k]
+            for k in ("litellm", "litellm_deps", "portkey", "portkey_shim", "redis")
+            if k in versions
+        },
         "other_processes_cpu_pct": round(
             100 * max(0.0, foreign) / wall / (os.cpu_count() or 1), 1
         ),
@@ -1430,6 +1846,7 @@ def main(argv: list[str]) -> int:
         },
         "wall_s": round(time.monotonic() - t_start, 1),
     }
+    derive(results)
     data = {
         "meta": meta,
         "results": results,
