@@ -35,6 +35,7 @@ from pylon_ai.formats import responses as responses_format
 from pylon_ai.formats.events import MessageStart, ModelEvent, Usage
 from pylon_ai.gateway._config import ModelConfig, ServerConfig
 from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
+from pylon_ai.gateway._state import SharedView
 from pylon_ai.gateway._unary import UnaryCall
 
 OnEvent = Callable[[ModelEvent], object]
@@ -123,6 +124,8 @@ class Backend:
         #: Consecutive failures, and until when the deployment rests.
         self.failures = 0
         self.cooldown_until = 0.0
+        #: What other instances know of it, when the state is shared.
+        self.shared: SharedView | None = None
         self.provider = config.provider
         self.url = ""
         #: Where this deployment counts tokens (Anthropic format) and makes
@@ -191,6 +194,8 @@ class Backend:
         if self.failures >= self.config.cooldown_failures:
             self.cooldown_until = now + self.config.cooldown_s
             self.failures = 0
+        if self.shared is not None:
+            self.shared.failed(now)
 
     def succeeded(self) -> None:
         """
@@ -198,6 +203,24 @@ class Backend:
         """
         self.failures = 0
         self.cooldown_until = 0.0
+        if self.shared is not None:
+            self.shared.succeeded()
+
+    def resting_until(self) -> float:
+        """
+        When its cooldown ends, here or (shared state) on any instance.
+        """
+        if self.shared is None:
+            return self.cooldown_until
+        return max(self.cooldown_until, self.shared.cooldown_until)
+
+    def busy(self) -> int:
+        """
+        Its requests in flight, here and (shared state) on other instances.
+        """
+        if self.shared is None:
+            return self.in_flight
+        return self.in_flight + self.shared.others_in_flight
 
     @property
     def max_tokens_field(self) -> str:

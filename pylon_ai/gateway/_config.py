@@ -11,6 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
@@ -24,6 +25,45 @@ class ConfigError(ValueError):
     """
     The configuration is invalid; the message names the bad key.
     """
+
+
+@frozen
+class RedisAddress:
+    """
+    Where the shared state lives: C{redis://HOST:PORT/DB} or C{rediss://}
+    (TLS, with the platform's trust).
+    """
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    tls: bool = False
+
+
+def redis_address(url: str) -> RedisAddress:
+    """
+    Parse a C{redis://} or C{rediss://} URL.
+
+    @raise ConfigError: When it is not one.
+    """
+    where = "server.state"
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(
+            f'{where} must be "memory" or a redis:// or rediss:// URL, not {url!r}'
+        )
+    if parts.username or parts.password:
+        raise ConfigError(f"{where}: give the password in redis_password_env")
+    if not parts.hostname:
+        raise ConfigError(f"{where}: the URL has no host")
+    try:
+        port = parts.port or 6379
+        db = int(parts.path.strip("/") or "0")
+    except ValueError:
+        raise ConfigError(f"{where}: bad port or database number in {url!r}") from None
+    if db < 0 or parts.query or parts.fragment:
+        raise ConfigError(f"{where}: expected redis://HOST:PORT/DB, not {url!r}")
+    return RedisAddress(parts.hostname, port, db, parts.scheme == "rediss")
 
 
 @frozen
@@ -71,6 +111,27 @@ class ServerConfig:
     ws_pause_bytes: int = 1 * MB
     #: ...and before the socket is closed as not reading.
     ws_max_queued_bytes: int = 16 * MB
+    #: Tokens (input + output, as the requests report them) per minute per
+    #: client key (0: no limit); past it, 429.
+    tokens_per_minute_per_key: int = 0
+    #: Where the per-key limits, cooldowns and in-flight counts live:
+    #: C{"memory"} (this process) or C{"redis://HOST:PORT/DB"} (also
+    #: C{rediss://}), shared by every worker and instance.
+    state: str = "memory"
+    #: The Redis password (from C{redis_password_env}).
+    redis_password: str = field(default="", repr=False)
+    #: Milliseconds a Redis call may take before Redis counts as down.
+    redis_timeout_ms: int = 50
+    #: Redis slow or down: C{"open"} (this process's own limits) or
+    #: C{"closed"} (503).
+    redis_failure: str = "open"
+
+    @property
+    def redis(self) -> RedisAddress | None:
+        """
+        Where Redis is, or L{None} for C{state = "memory"}.
+        """
+        return None if self.state == "memory" else redis_address(self.state)
 
     @property
     def public_metrics(self) -> bool:
@@ -180,6 +241,11 @@ _SERVER_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_connections": int,
     "ws_pause_bytes": int,
     "ws_max_queued_bytes": int,
+    "tokens_per_minute_per_key": int,
+    "state": str,
+    "redis_password_env": str,
+    "redis_timeout_ms": int,
+    "redis_failure": str,
 }
 
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -248,6 +314,25 @@ def _responses_url(base_url: str) -> str | None:
         return ""  # a bad base_url is refused by its own check
 
 
+def _check_state(server_args: dict[str, Any], environ: Mapping[str, str]) -> None:
+    # The shared state's keys: checked here so that a typo stops the start
+    # rather than the first request.
+    state = server_args.get("state", "memory")
+    if state != "memory":
+        redis_address(state)
+    if server_args.get("redis_failure", "open") not in ("open", "closed"):
+        raise ConfigError('server.redis_failure must be "open" or "closed"')
+    if "redis_timeout_ms" in server_args and server_args["redis_timeout_ms"] < 1:
+        raise ConfigError("server.redis_timeout_ms must be at least 1")
+    if "redis_password_env" in server_args:
+        var = server_args.pop("redis_password_env")
+        if var not in environ:
+            raise ConfigError(
+                f"server.redis_password_env: environment variable {var} is not set"
+            )
+        server_args["redis_password"] = environ[var]
+
+
 def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     """
     Validate a parsed TOML document.
@@ -285,11 +370,13 @@ def parse_config(data: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         "max_concurrent_per_key",
         "requests_per_minute_per_key",
         "max_connections",
+        "tokens_per_minute_per_key",
     ):
         if server_args.get(key, 0) < 0:
             raise ConfigError(f"server.{key} must be 0 (no limit) or more")
     if "max_line_bytes" in server_args and server_args["max_line_bytes"] < 1024:
         raise ConfigError("server.max_line_bytes must be at least 1024")
+    _check_state(server_args, environ)
     server = ServerConfig(**server_args)
 
     raw_models = data.get("models")

@@ -6,7 +6,6 @@ upstream and back, streaming or not, in the caller's API format.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve
@@ -43,6 +42,7 @@ from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._attempts import Attempts
 from pylon_ai.gateway._backends import Backend, Forwarded
 from pylon_ai.gateway._gateway import Api, Gateway, UnknownModel
+from pylon_ai.gateway._state import Release, usage_tokens
 
 _Encoder = AnthropicStreamEncoder | OpenAIStreamEncoder | ResponsesStreamEncoder
 
@@ -122,11 +122,11 @@ class Exchange:
         request: Request,
         api: Api,
         route: str,
-        release: Callable[[], None] | None = None,
+        release: Release | None = None,
     ) -> None:
         """
-        @param release: Called once when the request is over (the limits'
-            count of requests in flight).
+        @param release: Called once when the request is over, with the
+            tokens it used (the limits' counts).
         """
         self._release = release
         self._gateway = gateway
@@ -519,7 +519,7 @@ class Exchange:
     def _log(self) -> None:
         self._gateway.untrack(self)
         if self._release is not None:
-            self._release()
+            self._release(usage_tokens(self._usage))
         if self._stream and self._call is not None:
             self._gateway.metrics.streams_in_flight.dec()
             self._stream = False

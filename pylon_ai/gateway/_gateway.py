@@ -193,6 +193,8 @@ class Gateway:
             self.backends.setdefault(model.name, []).append(
                 Backend(model, config.server, clock, client)
             )
+        # With Redis, cooldowns and in-flight counts are every instance's.
+        self.limits.share(self.backends)
         #: Scrubs what upstreams say (keys, addresses) before a client or a
         #: log sees it.
         self.scrubber = gateway_scrubber(
@@ -301,8 +303,8 @@ class Gateway:
             return None
         now = self.clock.seconds()
         pool = fresh or group
-        resting = [b for b in pool if b.cooldown_until <= now] or pool
-        return min(resting, key=lambda b: b.in_flight)
+        resting = [b for b in pool if b.resting_until() <= now] or pool
+        return min(resting, key=lambda b: b.busy())
 
     def upstream_body(
         self, api: Api, body: dict[str, Any], backend: Backend

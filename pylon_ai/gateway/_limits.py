@@ -1,27 +1,35 @@
 """
-Request limits: concurrency for the process and per client identity, and
-requests per minute per client identity.
+Request limits: concurrency for the process, and per client identity
+concurrency, requests per minute and tokens per minute.
 
 An identity is a configured client key.  In no-key mode a client's headers
 prove nothing, so every client is the one identity C{""}: the per-key limits
-then apply to the whole process.  The state kept is bounded by the
-identities active within the last window: a window that empties is dropped,
-by a timer that runs only while there is something to expire.
+then apply to the whole process.  The per-key counts live in a state
+(L{pylon_ai.gateway._state}): this process's memory by default, or Redis,
+shared by every worker and instance.  The process's own limit
+(C{max_concurrent}) is always this process's.
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from pylon_ai.gateway._apierrors import ApiError
 from pylon_ai.gateway._config import ServerConfig
+from pylon_ai.gateway._state import WINDOW, Admission, KeyLimits, MemoryState, Release
 
-#: The window of the per-key rate, in seconds.
-WINDOW = 60.0
+if TYPE_CHECKING:
+    from pylon_ai.gateway._backends import Backend
+    from pylon_ai.gateway._redis import RedisState
+
+__all__ = ["WINDOW", "Admission", "Limits", "Release", "when_admitted"]
+
+_log = Logger(namespace="pylon_ai.gateway.limits")
 
 
 class Limits:
@@ -29,28 +37,43 @@ class Limits:
     Admits or refuses requests, and counts those in flight.
 
     @ivar in_flight: Requests admitted and not yet released, in the process.
+    @ivar local: This process's per-key counts (with Redis: those it falls
+        back on).
     """
 
     def __init__(self, settings: ServerConfig, clock: IReactorTime) -> None:
         self._max = settings.max_concurrent
-        self._max_per_key = settings.max_concurrent_per_key
-        self._rpm = settings.requests_per_minute_per_key
         self._keyed = bool(settings.api_keys)
-        self._clock = clock
         self.in_flight = 0
-        self._per_key: dict[str, int] = {}
-        # The admission times within the window, per identity; least
-        # recently used first, so that the idle ones are at the front.
-        self._recent: OrderedDict[str, deque[float]] = OrderedDict()
-        self._expiry: IDelayedCall | None = None
+        key_limits = KeyLimits(
+            settings.max_concurrent_per_key,
+            settings.requests_per_minute_per_key,
+            settings.tokens_per_minute_per_key,
+        )
+        self._redis: RedisState | None = None
+        address = settings.redis
+        if address is None:
+            self.local = MemoryState(key_limits, clock)
+        else:
+            from pylon_ai.gateway._redis import RedisState
+
+            self._redis = RedisState(
+                key_limits,
+                clock,
+                address,
+                settings.redis_password,
+                settings.redis_timeout_ms,
+                settings.redis_failure,
+            )
+            self.local = self._redis.local
 
     @property
     def tracked(self) -> int:
         """
-        The number of client identities with any state: requests in flight
-        or admissions within the window.
+        The number of client identities this process keeps state for:
+        requests in flight, or requests or tokens within the window.
         """
-        return len(self._per_key.keys() | self._recent.keys())
+        return self.local.tracked
 
     def identity(self, key: str | None) -> str:
         """
@@ -59,89 +82,83 @@ class Limits:
         """
         return (key or "") if self._keyed else ""
 
-    def admit(self, key: str | None) -> Callable[[], None] | ApiError:
+    def admit(self, key: str | None) -> Admission | Deferred[Admission]:
         """
         Admit a request of an authenticated client.
 
         @param key: The key the client presented, if any.
-        @return: The function to call once when the request ends, or the
-            error to answer with: 503 when the process is full, 429 when the
-            identity is; both with C{retry-after}.
+        @return: The L{Release} to call once when the request ends (with the
+            tokens it used), or the error to answer with: 503 when the
+            process is full, 429 when the identity is; both with
+            C{retry-after}.  With the memory state the answer is immediate;
+            with Redis it is a L{Deferred} (see L{when_admitted}).
         """
-        key = self.identity(key)
         if self._max and self.in_flight >= self._max:
             return ApiError(503, "the gateway is at its request limit", retry_after="1")
-        if self._max_per_key and self._per_key.get(key, 0) >= self._max_per_key:
-            return ApiError(
-                429, "too many requests in flight for this key", retry_after="1"
-            )
-        if self._rpm:
-            refused = self._count(key)
-            if refused is not None:
-                return refused
+        # Taken before asking the state, so that requests waiting for Redis
+        # cannot overshoot the process's limit together.
         self.in_flight += 1
-        self._per_key[key] = self._per_key.get(key, 0) + 1
+        identity = self.identity(key)
+        if self._redis is None:
+            return self._hold(self.local.admit(identity))
+        return self._redis.admit(identity).addCallback(self._hold)
+
+    def _hold(self, admission: Admission) -> Admission:
+        if isinstance(admission, ApiError):
+            self.in_flight -= 1
+            return admission
         released = False
 
-        def release() -> None:
+        def release(tokens: int = 0) -> None:
             nonlocal released
             if released:
                 return
             released = True
             self.in_flight -= 1
-            left = self._per_key[key] - 1
-            if left:
-                self._per_key[key] = left
-            else:
-                del self._per_key[key]
+            admission(tokens)
 
         return release
 
-    def _count(self, key: str) -> ApiError | None:
+    def share(self, backends: Mapping[str, Sequence[Backend]]) -> None:
         """
-        Count a request of C{key} in its window, or refuse it.
+        With Redis, share these deployments' cooldowns and in-flight counts
+        with the other instances; in memory, nothing to do.
         """
-        now = self._clock.seconds()
-        recent = self._recent.get(key)
-        if recent is None:
-            recent = self._recent[key] = deque()
-        while recent and recent[0] <= now - WINDOW:
-            recent.popleft()
-        if len(recent) >= self._rpm:
-            wait = max(1, math.ceil(recent[0] + WINDOW - now))
-            return ApiError(
-                429,
-                f"more than {self._rpm} requests per minute for this key",
-                retry_after=str(wait),
-            )
-        recent.append(now)
-        # Ordered by the newest admission (not by refusals), so that the
-        # expiry finds the idle windows at the front.
-        self._recent.move_to_end(key)
-        if self._expiry is None:
-            self._expiry = self._clock.callLater(WINDOW, self._expire)
-        return None
-
-    def _expire(self) -> None:
-        """
-        Drop the windows whose newest admission left the window; wait for
-        the next one to do so, if any is left.
-        """
-        self._expiry = None
-        horizon = self._clock.seconds() - WINDOW
-        recent = self._recent
-        while recent:
-            key, times = next(iter(recent.items()))
-            if times and times[-1] > horizon:
-                # Used within the window, and so is everyone behind it.
-                self._expiry = self._clock.callLater(times[-1] - horizon, self._expire)
-                return
-            del recent[key]
+        if self._redis is not None:
+            self._redis.share(backends)
 
     def stop(self) -> None:
         """
-        Cancel the expiry timer (the service is stopping).
+        Cancel the timers and close the connection to Redis, if any (the
+        service is stopping).
         """
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+        if self._redis is not None:
+            self._redis.stop()
+        else:
+            self.local.stop()
+
+
+def when_admitted(
+    admission: Admission | Deferred[Admission],
+    then: Callable[[Admission], object],
+    gone: Callable[[], bool] = lambda: False,
+) -> None:
+    """
+    Call C{then} with the answer of L{Limits.admit}: at once when it is
+    there, else when it comes.  A request whose client left while it waited
+    (C{gone()}) is released unseen.
+    """
+    if not isinstance(admission, Deferred):
+        then(admission)
+        return
+
+    def arrived(admission: Admission) -> None:
+        if gone():
+            if not isinstance(admission, ApiError):
+                admission()
+            return
+        then(admission)
+
+    admission.addCallback(arrived).addErrback(
+        lambda failure: _log.failure("Admitting a request failed", failure)
+    )

@@ -32,6 +32,7 @@ from pylon_ai.gateway._backends import Backend
 from pylon_ai.gateway._exchange import respond_error
 from pylon_ai.gateway._gateway import Api, Gateway
 from pylon_ai.gateway._mock import EmbeddingRequestError, mock_embeddings
+from pylon_ai.gateway._state import usage_tokens
 from pylon_ai.gateway._unary import UnaryCall
 
 #: The only client header, besides the body, that reaches an upstream.
@@ -239,7 +240,7 @@ class _OneShot:
         self._over = True
         self._gateway.untrack(self)
         if self._release is not None:
-            self._release()
+            self._release(usage_tokens(self._usage))
         record_request(
             self._gateway.metrics,
             route=self.route,
@@ -255,8 +256,8 @@ class _OneShot:
 def _pick(gateway: Gateway, backends: list[Backend]) -> Backend:
     # As Gateway.pick does: out of cooldown if any is, then the least busy.
     now = gateway.clock.seconds()
-    resting = [b for b in backends if b.cooldown_until <= now] or backends
-    return min(resting, key=lambda b: b.in_flight)
+    resting = [b for b in backends if b.resting_until() <= now] or backends
+    return min(resting, key=lambda b: b.busy())
 
 
 class CountTokensExchange(_OneShot):

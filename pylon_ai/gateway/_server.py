@@ -34,6 +34,7 @@ from pylon_ai.gateway._gateway import (
     deadline,
 )
 from pylon_ai.gateway._intake import Busy, GatewayChannel, host_allowed, is_json_type
+from pylon_ai.gateway._limits import Admission, Release, when_admitted
 from pylon_ai.gateway._routes import (
     CountTokensExchange,
     EmbeddingsExchange,
@@ -385,6 +386,11 @@ class _Base(Resource):
             ).inc()
 
 
+def _gone(request: Request) -> bool:
+    # The client left while its admission waited for the shared state.
+    return bool(getattr(request, "_disconnected", False) or request.finished)
+
+
 class _Completions(_Base):
     route = "/v1/chat/completions"
 
@@ -406,16 +412,24 @@ class _Completions(_Base):
                 ApiError(404, f"model {body['model']!r} is not configured", "model"),
             )
             return NOT_DONE_YET
-        release = self.gateway.limits.admit(presented_key(request) or "")
+        when_admitted(
+            self.gateway.limits.admit(presented_key(request) or ""),
+            lambda release: self._admitted(request, body, release),
+            lambda: _gone(request),
+        )
+        return NOT_DONE_YET
+
+    def _admitted(
+        self, request: Request, body: dict[str, Any], release: Admission
+    ) -> None:
         if isinstance(release, ApiError):
             self._refuse(request, release)
-            return NOT_DONE_YET
+            return
         try:
             self._start(request, body, release)
         except Exception:
             release()  # never leak a slot, whatever went wrong
             raise
-        return NOT_DONE_YET
 
     def _check(self, body: Any) -> None:
         """
@@ -425,9 +439,7 @@ class _Completions(_Base):
         """
         check_request(self.api, body)
 
-    def _start(
-        self, request: Request, body: dict[str, Any], release: Callable[[], None]
-    ) -> None:
+    def _start(self, request: Request, body: dict[str, Any], release: Release) -> None:
         """
         Serve a checked, admitted request; C{release} once it is over.
         """
@@ -475,9 +487,7 @@ class CountTokens(_Completions):
     def _check(self, body: Any) -> None:
         check_count_tokens(body)
 
-    def _start(
-        self, request: Request, body: dict[str, Any], release: Callable[[], None]
-    ) -> None:
+    def _start(self, request: Request, body: dict[str, Any], release: Release) -> None:
         CountTokensExchange(self.gateway, request, release).run(body)
 
 
@@ -492,9 +502,7 @@ class Embeddings(_Completions):
     def _check(self, body: Any) -> None:
         check_embeddings(body)
 
-    def _start(
-        self, request: Request, body: dict[str, Any], release: Callable[[], None]
-    ) -> None:
+    def _start(self, request: Request, body: dict[str, Any], release: Release) -> None:
         EmbeddingsExchange(self.gateway, request, release).run(body)
 
 
@@ -552,10 +560,19 @@ class ModelInfo(_Base):
                 request, ApiError(404, f"model {name!r} is not configured", "model")
             )
             return NOT_DONE_YET
-        release = self.gateway.limits.admit(presented_key(request) or "")
+        when_admitted(
+            self.gateway.limits.admit(presented_key(request) or ""),
+            lambda release: self._admitted(request, name, received, release),
+            lambda: _gone(request),
+        )
+        return NOT_DONE_YET
+
+    def _admitted(
+        self, request: Request, name: str, received: float, release: Admission
+    ) -> None:
         if isinstance(release, ApiError):
             self._refuse(request, release)
-            return NOT_DONE_YET
+            return
         release()
         anthropic = self.api_of(request) == "anthropic"
         respond_json(request, 200, model_entry(name, anthropic))
@@ -569,7 +586,6 @@ class ModelInfo(_Base):
             ttft=None,
             usage=None,
         )
-        return NOT_DONE_YET
 
 
 class Health(_Base):

@@ -42,8 +42,10 @@ from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._attempts import Attempts
 from pylon_ai.gateway._gateway import Gateway, UnknownModel, check_request
 from pylon_ai.gateway._intake import host_allowed
+from pylon_ai.gateway._limits import Admission, when_admitted
 from pylon_ai.gateway._metrics import Metrics
 from pylon_ai.gateway._server import key_ok, origin_allowed, presented_key
+from pylon_ai.gateway._state import Release, usage_tokens
 
 ROUTE = "/v1/ws"
 #: Close code for a missing or wrong key sent in a message (policy violation).
@@ -103,7 +105,7 @@ class _Completion:
     text_bytes: int = 0
     usage: Usage | None = None
     on_shutdown: Callable[[], object] | None = None
-    release: Callable[[], None] | None = None
+    release: Release | None = None
     paused: Any = None
 
     def shutdown(self) -> None:
@@ -359,12 +361,31 @@ class _Session:
             model if model in self._gateway.backends else "unknown",
             time.perf_counter(),
         )
-        release = self._gateway.limits.admit(self.key)
+        when_admitted(
+            self._gateway.limits.admit(self.key),
+            lambda release: self._admitted(completion, body, release),
+            lambda: self._gone,
+        )
+
+    def _admitted(
+        self, completion: _Completion, body: dict[str, Any], release: Admission
+    ) -> None:
+        request_id, model = completion.id, body["model"]
         if isinstance(release, ApiError):
             self._error(request_id, release.anthropic_type, release.message)
             self._gateway.metrics.requests.labels(
                 ROUTE, completion.model, str(release.status)
             ).inc()
+            return
+        if request_id in self._in_flight:
+            # The same id came again while this one waited for the shared
+            # state.
+            release()
+            self._error(
+                request_id,
+                "invalid_request_error",
+                f"a request with id {request_id!r} is already in flight",
+            )
             return
         completion.release = release
         self._in_flight[request_id] = completion
@@ -516,7 +537,7 @@ class _Session:
         self._gateway.untrack(completion)
         if completion.release is not None:
             release, completion.release = completion.release, None
-            release()
+            release(usage_tokens(completion.usage))
         if completion.call is not None:
             self._gateway.metrics.streams_in_flight.dec()
         backend = completion.call.backend if completion.call is not None else None

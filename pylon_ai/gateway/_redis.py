@@ -1,0 +1,475 @@
+"""
+The per-key limits, cooldowns and in-flight counts in Redis, shared by every
+worker and every instance that points at the same Redis.
+
+One round trip per admission: a Lua script (sent by C{EVALSHA} once Redis
+knows it) checks the concurrency slots, the tokens and the requests of the
+window, and takes a slot, in one atomic step.  Concurrency slots are leases
+with a deadline, renewed while the request runs and removed when it ends, so
+the slots of an instance that crashed expire on their own.  Every key
+expires.  Client keys never reach Redis: identities are hashed.
+
+Redis trouble never hangs a request: a call that does not answer within
+C{redis_timeout_ms}, or any call while the connection is down, counts as
+Redis being unavailable.  Then C{redis_failure = "open"} admits against this
+process's own counts (L{MemoryState}, with a warning at most once a minute)
+and C{"closed"} answers 503.  The client reconnects on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pylon_ai.gateway._apierrors import ApiError
+from pylon_ai.gateway._config import RedisAddress
+from pylon_ai.gateway._state import (
+    WINDOW,
+    Admission,
+    KeyLimits,
+    MemoryState,
+    retry_after,
+)
+
+if TYPE_CHECKING:
+    from pylon_ai.gateway._backends import Backend
+
+#: Seconds a concurrency lease lives unless renewed; renewed every third.
+LEASE_S = 15.0
+#: Seconds between two exchanges of in-flight counts and cooldowns.
+POLL_S = 0.5
+#: Seconds between two warnings that Redis is unavailable.
+WARN_EVERY_S = 60.0
+PREFIX = "pylon:"
+
+# Time is Redis's own (TIME), so that instances with skewed clocks agree.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+#: KEYS: requests window, leases, tokens.  ARGV: requests per minute,
+#: concurrency, tokens per minute, lease id, lease ms, window ms.
+#: Returns {0} (admitted) or {1 requests | 2 concurrency | 3 tokens, wait ms}.
+ADMIT = (
+    _NOW
+    + """
+local rpm, conc, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease, ttl, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= conc then return {2, 1000} end
+end
+if tpm > 0 then
+  local minute = math.floor(now / 60000)
+  local cur = tonumber(redis.call('HGET', KEYS[3], minute) or '0')
+  local prev = tonumber(redis.call('HGET', KEYS[3], minute - 1) or '0')
+  if prev * (1 - (now % 60000) / 60000) + cur >= tpm then
+    return {3, 60000 - now % 60000}
+  end
+end
+if rpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  if redis.call('ZCARD', KEYS[1]) >= rpm then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {1, tonumber(oldest[2]) + window - now}
+  end
+  redis.call('ZADD', KEYS[1], now, lease)
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+if conc > 0 then
+  redis.call('ZADD', KEYS[2], now + ttl, lease)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return {0, 0}
+"""
+)
+
+#: KEYS: leases, tokens.  ARGV: lease id, tokens used.
+FINISH = (
+    _NOW
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local tokens = tonumber(ARGV[2])
+if tokens > 0 then
+  local minute = math.floor(now / 60000)
+  redis.call('HINCRBY', KEYS[2], minute, tokens)
+  redis.call('HDEL', KEYS[2], minute - 2)
+  redis.call('PEXPIRE', KEYS[2], 120000)
+end
+return 0
+"""
+)
+
+#: KEYS: the leases' sets.  ARGV: lease ms, then one lease id per key.
+RENEW = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl)
+end
+return #KEYS
+"""
+)
+
+#: ARGV: prefix, instance id, ms the counts live, then per deployment its
+#: key and this instance's count.  Returns per deployment the other
+#: instances' count and the cooldown's ms left (negative: none).
+EXCHANGE = (
+    _NOW
+    + """
+local p, me, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local inst = p .. 'instances'
+redis.call('ZADD', inst, now + ttl, me)
+redis.call('ZREMRANGEBYSCORE', inst, '-inf', now)
+redis.call('PEXPIRE', inst, ttl)
+local mine = p .. 'busy:' .. me
+local n = (#ARGV - 3) / 2
+for i = 1, n do
+  redis.call('HSET', mine, ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+end
+redis.call('PEXPIRE', mine, ttl)
+local others = redis.call('ZRANGE', inst, 0, -1)
+local out = {}
+for i = 1, n do
+  local dep = ARGV[2 + 2 * i]
+  local busy = 0
+  for _, o in ipairs(others) do
+    if o ~= me then
+      busy = busy + tonumber(redis.call('HGET', p .. 'busy:' .. o, dep) or '0')
+    end
+  end
+  out[#out + 1] = busy
+  out[#out + 1] = redis.call('PTTL', p .. 'cool:' .. dep)
+end
+return out
+"""
+)
+
+#: KEYS: failures, cooldown.  ARGV: failures that start a cooldown, its ms,
+#: ms a failure count lives.  Returns the cooldown's ms, or 0.
+FAILED = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if n >= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return tonumber(ARGV[2])
+end
+return 0
+"""
+
+
+class RedisUnavailable(Exception):
+    """
+    Redis is not connected, or did not answer in time.
+    """
+
+
+def _hashed(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+class SharedDeployment:
+    """
+    What the other instances know of one deployment: its cooldown and their
+    requests in flight on it (as of the last exchange, every L{POLL_S}).
+
+    @ivar cooldown_until: When the shared cooldown ends, in the clock's
+        seconds (0: none).
+    @ivar others_in_flight: The other instances' requests in flight on it.
+    """
+
+    def __init__(self, state: RedisState, key: str, backend: Backend) -> None:
+        self._state = state
+        self.key = key
+        self.backend = backend
+        self.cooldown_until = 0.0
+        self.others_in_flight = 0
+        # Whether Redis may hold failures of ours to clear on a success:
+        # without it a success costs no round trip.
+        self._dirty = False
+
+    def failed(self, now: float) -> None:
+        """
+        An attempt failed: count it in Redis; enough in a row, on any
+        instance, cool the deployment down for all.
+        """
+        self._dirty = True
+        config = self.backend.config
+        cooldown_ms = int(config.cooldown_s * 1000)
+        d = self._state.call(
+            FAILED,
+            [self._state.key("fail:" + self.key), self._state.key("cool:" + self.key)],
+            [config.cooldown_failures, cooldown_ms, max(cooldown_ms, 60_000)],
+        )
+
+        def cooled(ms: Any) -> None:
+            if ms:
+                self.cooldown_until = self._state.clock.seconds() + int(ms) / 1000
+
+        d.addCallbacks(cooled, self._state.trouble)
+
+    def succeeded(self) -> None:
+        """
+        An attempt succeeded: the failures in a row and the cooldown end.
+        """
+        if not self._dirty and self.cooldown_until == 0.0:
+            return
+        self._dirty = False
+        self.cooldown_until = 0.0
+        d = self._state.call(
+            "return redis.call('DEL', KEYS[1], KEYS[2])",
+            [self._state.key("fail:" + self.key), self._state.key("cool:" + self.key)],
+            [],
+        )
+        d.addErrback(self._state.trouble)
+
+
+class RedisState:
+    """
+    The per-key limits in Redis, with this process's L{MemoryState} to fall
+    back on.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        limits: KeyLimits,
+        clock: IReactorTime,
+        address: RedisAddress,
+        password: str,
+        timeout_ms: int,
+        failure: str,
+    ) -> None:
+        self._limits = limits
+        self.clock = clock
+        self._timeout = timeout_ms / 1000
+        self._fail_open = failure == "open"
+        self.local = MemoryState(limits, clock)
+        self._instance = (
+            f"{_hashed(os.uname().nodename)[:8]}-{os.getpid()}-{id(self):x}"
+        )
+        self._ids = itertools.count()
+        # Leases to renew: lease id -> its set's key.
+        self._leases: dict[str, str] = {}
+        self._deployments: list[SharedDeployment] = []
+        self._warned_at: float | None = None
+        self._factory, self._redis = _connect(clock, address, password)
+        self._renewal = LoopingCall(self._renew)
+        self._renewal.clock = clock
+        self._renewal.start(LEASE_S / 3, now=False)
+        self._poll: LoopingCall | None = None
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether a connection to Redis is up.
+        """
+        return bool(self._factory.size)
+
+    def key(self, name: str) -> str:
+        """
+        The Redis key of C{name}.
+        """
+        return PREFIX + name
+
+    def call(
+        self, script: str, keys: Sequence[str], args: Sequence[object]
+    ) -> Deferred[Any]:
+        """
+        Run C{script}, failing with L{RedisUnavailable} at once when Redis
+        is not connected and after the timeout when it does not answer.
+        """
+        if not self.connected:
+            return fail(RedisUnavailable("not connected"))
+        d: Deferred[Any] = self._redis.eval(script, list(keys), list(args))
+        d.addTimeout(self._timeout, self.clock)
+        return d
+
+    def trouble(self, failure: Failure) -> None:
+        """
+        Note that a call failed; warn at most once a minute.
+        """
+        now = self.clock.seconds()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            self.log.warn(
+                "Redis is unavailable ({error}): {policy}",
+                error=failure.getErrorMessage() or repr(failure.value),
+                policy="limits are this process's own"
+                if self._fail_open
+                else "requests get 503",
+            )
+
+    def admit(self, identity: str) -> Deferred[Admission]:
+        """
+        Admit a request of C{identity} in one round trip.
+        """
+        lease = f"{self._instance}:{next(self._ids)}"
+        hashed = _hashed(identity)
+        keys = [self.key(f"{kind}:{hashed}") for kind in ("rpm", "conc", "tpm")]
+        limits = self._limits
+        d = self.call(
+            ADMIT,
+            keys,
+            [
+                limits.requests_per_minute,
+                limits.max_concurrent,
+                limits.tokens_per_minute,
+                lease,
+                int(LEASE_S * 1000),
+                int(WINDOW * 1000),
+            ],
+        )
+        return d.addCallbacks(
+            self._admitted,
+            self._unavailable,
+            callbackArgs=(keys, lease),
+            errbackArgs=(identity,),
+        )
+
+    def _admitted(self, reply: Any, keys: list[str], lease: str) -> Admission:
+        verdict, wait = int(reply[0]), int(reply[1])
+        if verdict == 2:
+            return ApiError(
+                429, "too many requests in flight for this key", retry_after="1"
+            )
+        if verdict == 3:
+            return ApiError(
+                429,
+                f"more than {self._limits.tokens_per_minute} tokens per minute "
+                "for this key",
+                retry_after=retry_after(wait / 1000),
+            )
+        if verdict == 1:
+            return ApiError(
+                429,
+                f"more than {self._limits.requests_per_minute} requests per minute "
+                "for this key",
+                retry_after=retry_after(wait / 1000),
+            )
+        if self._limits.max_concurrent:
+            self._leases[lease] = keys[1]
+        released = False
+
+        def release(tokens: int = 0) -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._leases.pop(lease, None)
+            if self._limits.max_concurrent or (
+                tokens > 0 and self._limits.tokens_per_minute
+            ):
+                self.call(FINISH, keys[1:], [lease, tokens]).addErrback(self.trouble)
+
+        return release
+
+    def _unavailable(self, failure: Failure, identity: str) -> Admission:
+        self.trouble(failure)
+        if self._fail_open:
+            return self.local.admit(identity)
+        return ApiError(
+            503,
+            "the gateway's shared limits are unavailable",
+            retry_after="1",
+            error_type="overloaded_error",
+        )
+
+    def _renew(self) -> None:
+        if not self._leases or not self.connected:
+            return
+        leases = list(self._leases.items())
+        self.call(
+            RENEW,
+            [key for _, key in leases],
+            [int(LEASE_S * 1000), *(lease for lease, _ in leases)],
+        ).addErrback(self.trouble)
+
+    def share(self, backends: Mapping[str, Sequence[Backend]]) -> None:
+        """
+        Share the cooldowns and in-flight counts of these deployments with
+        the other instances: each gets a L{SharedDeployment} as C{shared}.
+        """
+        for name, group in backends.items():
+            for i, backend in enumerate(group):
+                # Keyed by name, position and URL, never by the upstream key.
+                key = f"{name}:{i}:{_hashed(backend.url)[:12]}"
+                shared = SharedDeployment(self, key, backend)
+                backend.shared = shared
+                self._deployments.append(shared)
+        if self._deployments and self._poll is None:
+            self._poll = LoopingCall(self._exchange)
+            self._poll.clock = self.clock
+            self._poll.start(POLL_S, now=False)
+
+    def _exchange(self) -> None:
+        args: list[object] = [PREFIX, self._instance, int(POLL_S * 3000)]
+        for shared in self._deployments:
+            args += [shared.key, shared.backend.in_flight]
+        self.call(EXCHANGE, [], args).addCallbacks(self._learned, self._forget)
+
+    def _learned(self, reply: Any) -> None:
+        now = self.clock.seconds()
+        for i, shared in enumerate(self._deployments):
+            shared.others_in_flight = int(reply[2 * i])
+            ms = int(reply[2 * i + 1])
+            shared.cooldown_until = now + ms / 1000 if ms > 0 else 0.0
+
+    def _forget(self, failure: Failure) -> None:
+        # Stale counts of others would skew the balancing for as long as
+        # Redis is away; the cooldowns known so far stay until they end.
+        self.trouble(failure)
+        for shared in self._deployments:
+            shared.others_in_flight = 0
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop the timers and close the connection.
+        """
+        self.local.stop()
+        for loop in (self._renewal, self._poll):
+            if loop is not None and loop.running:
+                loop.stop()
+        d: Deferred[Any] = self._factory.disconnect()
+        return d.addBoth(lambda _: None)
+
+
+def _connect(clock: IReactorTime, address: RedisAddress, password: str) -> Any:
+    # txredisapi imports the global reactor: import it only when Redis is
+    # configured.
+    import txredisapi
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+    from twisted.internet.ssl import optionsForClientTLS
+
+    factory = txredisapi.RedisFactory(
+        "pylon",
+        address.db,
+        1,
+        isLazy=True,
+        password=password or None,
+        convertNumbers=True,
+    )
+    # Back within a second of Redis coming back, not ten.
+    factory.initialDelay = 0.1
+    factory.maxDelay = 1.0
+    endpoint: Any = HostnameEndpoint(reactor, address.host, address.port, timeout=5)
+    if address.tls:
+        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+    factory.startConnecting(endpoint)
+    return factory, factory.handler
