@@ -233,6 +233,7 @@ class ToolRound:
     @ivar call_id: The call's id.
     @ivar final: The text chunks of the last reply.
     @ivar preamble: Text chunks before the call.
+    @ivar options: More fields of both replies, e.g. C{thinking}.
     @ivar calls: How many calls it scripted.
     """
 
@@ -240,6 +241,7 @@ class ToolRound:
     call_id: str
     final: list[str]
     preamble: list[str] = field(factory=list)
+    options: dict[str, Any] = field(factory=dict)
     calls: int = 0
 
     def __call__(self, request: RecordedRequest) -> FakeReply | None:
@@ -248,8 +250,10 @@ class ToolRound:
         if not offered:
             return None
         if self.call_id in tool_results(body):
-            return FakeReply(self.final, usage=(120, 9))
+            return FakeReply(self.final, usage=(120, 9), **self.options)
         self.calls += 1
         arguments = json.dumps(self.arguments[offered[0]])
         call = FakeToolCall(self.call_id, offered[0], [arguments[:9], arguments[9:]])
-        return FakeReply(self.preamble, tool_calls=[call], usage=(100, 12))
+        return FakeReply(
+            self.preamble, tool_calls=[call], usage=(100, 12), **self.options
+        )

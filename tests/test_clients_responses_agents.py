@@ -53,6 +53,8 @@ T = TypeVar("T")
 #: What the tool returns: the fake's second request must carry it.
 TOOL_OUTPUT = "Sunny, 21 C in Paris"
 FINAL = ["In Paris it is ", "sunny and 21 C."]
+THINKING = ["The user wants ", "the weather."]
+SIGNATURE = "sig-agents-1"
 
 
 def get_weather(city: str) -> str:
@@ -102,6 +104,9 @@ class _Agents:
             self.call_id,
             FINAL,
             ["Let me look."],
+            # Each reply thinks first: Anthropic's signed thinking must come
+            # back to it through the SDK.
+            {"thinking": THINKING, "signature": SIGNATURE},
         )
         self.service.fake.responder = self.round
 
@@ -132,8 +137,9 @@ class _Agents:
 
     def check_round(self, final_output: Any, items: list[Any]) -> None:
         """
-        The agent called the tool once, sent its output back, and ended
-        with the fake's last text.
+        The agent called the tool once, sent its output back (with the
+        signed thinking, to an Anthropic upstream), and ended with the
+        fake's last text.
         """
         log = upstream_log(self.service.fake.requests)
         self.assertEqual(final_output, "".join(FINAL), log)
@@ -147,6 +153,19 @@ class _Agents:
         requests = completions(self.service.fake.requests)
         self.assertEqual(len(requests), 2, log)
         self.assertEqual(tool_results(requests[1].json).get(self.call_id), TOOL_OUTPUT)
+        if self.model == MESSAGES_MODEL:
+            # The signed thinking goes first in the assistant turn.
+            turns = [
+                m for m in requests[1].json["messages"] if m["role"] == "assistant"
+            ]
+            self.assertEqual(
+                turns[0]["content"][0],
+                {
+                    "type": "thinking",
+                    "thinking": "".join(THINKING),
+                    "signature": SIGNATURE,
+                },
+            )
 
     async def test_run(self) -> None:
         """

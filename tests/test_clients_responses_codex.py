@@ -64,6 +64,8 @@ except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
 COMMAND = "echo pylon-$((6*7))"
 COMMAND_OUTPUT = "pylon-42"
 FINAL_TEXT = "Codex ran it: pylon-42."
+THINKING = ["The user wants ", "a command run."]
+SIGNATURE = "sig-codex-1"
 
 #: The shell tools Codex has offered, and the arguments that run COMMAND.
 SHELL_TOOLS: dict[str, dict[str, Any]] = {
@@ -92,8 +94,13 @@ class _Codex:
         self.call_id = call_id_for(self.model)
         # Codex names its shell tool itself: the fake reads it from the
         # request.
+        # Each reply thinks first, as the models Codex expects do.
         self.service.fake.responder = ToolRound(
-            SHELL_TOOLS, self.call_id, ["Codex ran it: ", "pylon-42."], ["Running it."]
+            SHELL_TOOLS,
+            self.call_id,
+            ["Codex ran it: ", "pylon-42."],
+            ["Running it."],
+            {"thinking": THINKING, "signature": SIGNATURE},
         )
         base = temporary_directory(self)  # type: ignore[arg-type]
         self.home = base / "home"
@@ -196,6 +203,22 @@ class CodexMessagesTests(_Codex, TestCase):
         self.assertIn("messages", body)
         self.assertIn("system", body)
         self.assertIn("exec_command", upstream_tools(body))
+
+    async def test_tool_round(self) -> None:
+        """
+        The tool round, and the signed thinking of the call's turn comes
+        back to the upstream first in the assistant turn (through the
+        reasoning item's C{encrypted_content}), as Anthropic requires for
+        tool use with thinking.
+        """
+        await super().test_tool_round()
+        last = completions(self.service.fake.requests)[-1].json
+        turns = [m for m in last["messages"] if m["role"] == "assistant"]
+        self.assertEqual(len(turns), 1, last["messages"])
+        self.assertEqual(
+            turns[0]["content"][0],
+            {"type": "thinking", "thinking": "".join(THINKING), "signature": SIGNATURE},
+        )
 
 
 class CodexPassThroughTests(_Codex, TestCase):
