@@ -68,6 +68,13 @@ class Limits:
             self.local = self._redis.local
 
     @property
+    def shared(self) -> RedisState | None:
+        """
+        The Redis state, if the limits are shared.
+        """
+        return self._redis
+
+    @property
     def tracked(self) -> int:
         """
         The number of client identities this process keeps state for:

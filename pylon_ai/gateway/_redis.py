@@ -268,9 +268,11 @@ class RedisState:
         self._deployments: list[SharedDeployment] = []
         self._warned_at: float | None = None
         self._factory, self._redis = _connect(clock, address, password)
-        self._renewal = LoopingCall(self._renew)
-        self._renewal.clock = clock
-        self._renewal.start(LEASE_S / 3, now=False)
+        #: Seconds a lease lives unless renewed (renewed every third).
+        self.lease_s = LEASE_S
+        #: Renewals sent so far.
+        self.renewals = 0
+        self._renewal: LoopingCall | None = None
         self._poll: LoopingCall | None = None
 
     @property
@@ -330,7 +332,7 @@ class RedisState:
                 limits.max_concurrent,
                 limits.tokens_per_minute,
                 lease,
-                int(LEASE_S * 1000),
+                int(self.lease_s * 1000),
                 int(WINDOW * 1000),
             ],
         )
@@ -363,6 +365,10 @@ class RedisState:
             )
         if self._limits.max_concurrent:
             self._leases[lease] = keys[1]
+            if self._renewal is None:
+                self._renewal = LoopingCall(self._renew)
+                self._renewal.clock = self.clock
+                self._renewal.start(self.lease_s / 3, now=False)
         released = False
 
         def release(tokens: int = 0) -> None:
@@ -393,10 +399,11 @@ class RedisState:
         if not self._leases or not self.connected:
             return
         leases = list(self._leases.items())
+        self.renewals += 1
         self.call(
             RENEW,
             [key for _, key in leases],
-            [int(LEASE_S * 1000), *(lease for lease, _ in leases)],
+            [int(self.lease_s * 1000), *(lease for lease, _ in leases)],
         ).addErrback(self.trouble)
 
     def share(self, backends: Mapping[str, Sequence[Backend]]) -> None:
