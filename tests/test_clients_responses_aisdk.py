@@ -62,6 +62,8 @@ SCRIPT = ROOT / "tests" / "clients" / "aisdk.cjs"
 TOOL_OUTPUT = "Sunny, 21 C in Paris"
 FINAL = ["In Paris it is ", "sunny and 21 C."]
 PERSON_CHUNKS = ['{"name": ', '"Ada", "age"', ": 36}"]
+THINKING = ["The user wants ", "the weather."]
+SIGNATURE = "sig-aisdk-1"
 
 #: Why a test is expected to fail for now.
 ITEM_REFERENCE = (
@@ -146,22 +148,37 @@ class _AISDK:
                 f"the AI SDK failed ({case}, exit {code})\nstderr: {err[-4000:]}\n"
                 f"upstream requests: {upstream_log(self.service.fake.requests)}"
             )
-        return json.loads(out)
+        # The SDK prints its warnings on the standard output too: the
+        # script's JSON is the last line.
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise AssertionError(
+                f"the AI SDK printed no JSON ({case})\nstdout: {out[-2000:]}\n"
+                f"stderr: {err[-4000:]}"
+            ) from None
 
     def tool_round(self) -> ToolRound:
         """
         Make the fake call the script's weather tool once.
         """
         round = ToolRound(
-            {"get_weather": {"city": "Paris"}}, self.call_id, FINAL, ["Let me look."]
+            {"get_weather": {"city": "Paris"}},
+            self.call_id,
+            FINAL,
+            ["Let me look."],
+            # Each reply thinks first: Anthropic's signed thinking must come
+            # back to it through the SDK.
+            {"thinking": THINKING, "signature": SIGNATURE},
         )
         self.service.fake.responder = round
         return round
 
     def check_tool_round(self, result: Any, round: ToolRound) -> None:
         """
-        One call of the tool, its output sent back, the fake's last text
-        as the final text.
+        One call of the tool, its output sent back (with the signed
+        thinking, to an Anthropic upstream), the fake's last text as the
+        final text.
         """
         log = upstream_log(self.service.fake.requests)
         self.assertEqual(result["text"], "".join(FINAL), log)
@@ -176,6 +193,18 @@ class _AISDK:
         requests = completions(self.service.fake.requests)
         self.assertEqual(len(requests), 2, log)
         self.assertEqual(tool_results(requests[1].json).get(self.call_id), TOOL_OUTPUT)
+        if self.model == MESSAGES_MODEL:
+            # The signed thinking goes first in the assistant turn.
+            messages = requests[1].json["messages"]
+            turns = [m for m in messages if m["role"] == "assistant"]
+            self.assertEqual(
+                turns[0]["content"][0],
+                {
+                    "type": "thinking",
+                    "thinking": "".join(THINKING),
+                    "signature": SIGNATURE,
+                },
+            )
 
     async def test_generate_text(self) -> None:
         """
