@@ -215,16 +215,20 @@ class Gateway:
 
     def close(self) -> Any:
         """
-        Close the pooled upstream connections and stop the limits' timer.
+        Close the pooled upstream connections, stop the limits' timers and
+        close their connection to Redis, if any.
 
         @return: A L{Deferred} that fires when they are closed.
         """
         from twisted.internet.defer import gatherResults
 
-        self.limits.stop()
-        return gatherResults(
-            [c._agent._pool.closeCachedConnections() for c in self._clients.values()]
-        )
+        closing = [
+            c._agent._pool.closeCachedConnections() for c in self._clients.values()
+        ]
+        stopped = self.limits.stop()  # with Redis, its connection closing
+        if stopped is not None:
+            closing.append(stopped)
+        return gatherResults(closing)
 
     def track(self, request: Any) -> None:
         """

@@ -134,15 +134,17 @@ class Limits:
         if self._redis is not None:
             self._redis.share(backends)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None] | None:
         """
         Cancel the timers and close the connection to Redis, if any (the
         service is stopping).
+
+        @return: With Redis, a L{Deferred} that fires once it is closed.
         """
         if self._redis is not None:
-            self._redis.stop()
-        else:
-            self.local.stop()
+            return self._redis.stop()
+        self.local.stop()
+        return None
 
 
 def when_admitted(
