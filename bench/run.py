@@ -199,7 +199,10 @@ def wait_ready(
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}; see {LOGS}/")
+            raise RuntimeError(
+                f"{name} exited with {proc.returncode}: {log_tail(name)} "
+                f"(see {LOGS}/{name}.log)"
+            )
         try:
             status, _ = http_get(url, 1.0)
             if status == 200:
@@ -208,6 +211,18 @@ def wait_ready(
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{name} not ready after {limit:.0f}s; see {LOGS}/")
+
+
+def log_tail(name: str) -> str:
+    """
+    The last non-empty line of C{name}'s log, which says why it stopped.
+    """
+    try:
+        lines = (LOGS / f"{name}.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return "?"
+    lines = [line.strip() for line in lines if line.strip()]
+    return lines[-1][:200] if lines else "no output"
 
 
 def run(argv: list[str], timeout: float, cpu: str | None = None) -> str:
@@ -381,7 +396,25 @@ def install(args: argparse.Namespace, need: set[str]) -> dict[str, Any]:
             commit = git_commit() + "+worktree"
             key = f"worktree {time.time()}"  # always reinstall the work tree
             pkg = [str(REPO)]
-        py = venv(WORK / "venv-pylon", [*pkg, "orjson", "py-spy"], key)
+        # As README installs it (pip install ., no extras), so that an
+        # optional speed-up users do not get is not measured; py-spy is a
+        # separate binary for the profile.
+        py = venv(WORK / "venv-pylon", [*pkg, "py-spy"], f"{key} as README")
+        extra = subprocess.run(
+            [
+                str(py),
+                "-c",
+                "import importlib.metadata as m\n"
+                "req = ' '.join(m.requires('pylon_ai') or [])\n"
+                "try: m.version('orjson')\n"
+                "except m.PackageNotFoundError: pass\n"
+                "else: print('' if 'orjson' in req else 'orjson')",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if extra:  # left by an earlier bench that installed it
+            sh([str(py), "-m", "pip", "uninstall", "-q", "-y", extra])
         info["pylon_ai_commit"] = commit
         info["pylon_ai"] = subprocess.run(
             [
@@ -496,6 +529,7 @@ class Target:
         self.up = up
         self.proc: subprocess.Popen[bytes] | None = None
         self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_port = 0
         self.pids: list[int] = []
         self.version = ""
 
@@ -804,6 +838,28 @@ def start_redis() -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("redis-server not ready after 10s")
 
 
+def redis_commands(port: int) -> int | None:
+    """
+    How many commands the bench's redis-server has processed: proof that
+    the gateway's state went through it.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), 2) as s:
+            s.sendall(b"INFO stats\r\n")
+            data = b""
+            while b"total_commands_processed:" not in data or not data.endswith(
+                b"\r\n"
+            ):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    m = re.search(rb"total_commands_processed:(\d+)", data)
+    return int(m.group(1)) if m else None
+
+
 def start_target(
     target: Target, versions: dict[str, Any], args: argparse.Namespace
 ) -> None:
@@ -817,6 +873,7 @@ def start_target(
         state = None
         if name == "pylon_ai_redis":
             target.redis, rport = start_redis()
+            target.redis_port = rport
             state = f"redis://127.0.0.1:{rport}/0"
         pylon_config(target.up, cfg, state)
         proc = spawn(
@@ -839,7 +896,8 @@ def start_target(
         )
         ready = f"http://127.0.0.1:{port}/healthz"
         limit = 60.0
-        commit = versions.get("pylon_ai_commit", "")[:10]
+        commit = versions.get("pylon_ai_commit", "")
+        commit = commit[:10] + ("+worktree" if commit.endswith("+worktree") else "")
         target.version = f"{versions.get('pylon_ai', '?')} ({commit})"
         if args.workers != "1":
             target.version += f", --workers {args.workers}"
@@ -1546,6 +1604,7 @@ ROWS: list[tuple[str, str, tuple[str, ...], str]] = [
         ("requests", "connections"),
         "{:.0f}",
     ),
+    ("redis_commands", "Redis commands processed", ("commands",), "{:.0f}"),
 ]
 
 
@@ -1616,6 +1675,22 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             *cmp,
         ]
+    if "pylon_ai_redis" in cols and "pylon_ai" in cols:
+        m, r = (get(res, "b_c64", t, "rps") for t in ("pylon_ai", "pylon_ai_redis"))
+        line = f"- b c=64: {r} streams/s with Redis vs {m} in memory"
+        if m and r is not None:
+            line += f" ({r / m:.2f}x)"
+        lines = [line]
+        for case in ("first_alone", "burst", "spaced"):
+            a, b = (
+                get(res, "b_c1", t, "added_ttft_ms", case, "p50")
+                for t in ("pylon_ai", "pylon_ai_redis")
+            )
+            lines.append(
+                f"- b c=1 added TTFT p50, {case.replace('_', ' ')}: "
+                f"{b} ms with Redis vs {a} ms in memory"
+            )
+        out += ["", "## pylon_ai state: Redis against memory", "", *lines]
     na = [
         f"- {k} / {LABELS[t]}: {v['na']}"
         for k, row in res.items()
@@ -1801,6 +1876,10 @@ def main(argv: list[str]) -> int:
                 "requests": up1["served"] - up0["served"],
                 "connections": up1["connections"] - up0["connections"],
             }
+            if target.redis_port:
+                results.setdefault("redis_commands", {})[name] = {
+                    "commands": redis_commands(target.redis_port)
+                }
             if (
                 name == "pylon_ai"
                 and not args.no_profile
