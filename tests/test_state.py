@@ -1,7 +1,8 @@
 """
 The per-key state in memory (L{MemoryState}): tokens per minute counted from
-what requests report at their end, through L{Limits} and over HTTP; and the
-C{[server]} keys of the shared state, checked at start.
+what requests report at their end, through L{Limits} and over HTTP; the
+routes with an admission that waits (as with Redis); and the C{[server]} keys
+of the shared state, checked at start.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 from treq.client import HTTPClient
 
 from twisted.internet import reactor
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -22,8 +24,10 @@ from pylon_ai.gateway._config import (
     ConfigError,
     RedisAddress,
     ServerConfig,
+    default_config,
     parse_config,
 )
+from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._limits import Limits
 from pylon_ai.gateway._state import (
     WINDOW,
@@ -33,6 +37,7 @@ from pylon_ai.gateway._state import (
     Release,
     usage_tokens,
 )
+from pylon_ai.gateway._websocket import _Session
 
 try:
     from tests._service import CLIENT_KEY, start_service
@@ -224,3 +229,155 @@ class StateConfigTests(SynchronousTestCase):
             tokens_per_minute_per_key=-1,
         )
         self.assertEqual(self.parse(redis_failure="closed").redis_failure, "closed")
+
+
+class _PendingLimits:
+    """
+    Admissions that wait, as with Redis: each C{admit} returns a
+    L{Deferred} the test fires; releases record their tokens.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Admission]] = []
+        self.released: list[int] = []
+
+    def admit(self, key: str | None) -> Deferred[Admission]:
+        d: Deferred[Admission] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def release(self, tokens: int = 0) -> None:
+        self.released.append(tokens)
+
+
+class _Socket:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(json.loads(data))
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+class WebSocketAdmissionTests(SynchronousTestCase):
+    """
+    A WebSocket completion whose admission waits (shared state) starts when
+    it is admitted, and its slot is released with its tokens, or at once if
+    the socket closed meanwhile.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.gateway = Gateway(default_config(), self.clock)
+        self.limits = _PendingLimits()
+        self.gateway.limits.admit = self.limits.admit  # type: ignore[method-assign]
+        self.socket = _Socket()
+        self.session = _Session(self.gateway, self.socket.send, self.socket.close, True)
+
+    def complete(self, request_id: str = "r1") -> None:
+        message = {
+            "type": "completion",
+            "id": request_id,
+            "model": "mock",
+            "messages": [{"role": "user", "content": "hello there"}],
+        }
+        self.session.message_received(json.dumps(message).encode())
+
+    def spin(self) -> None:
+        for _ in range(100):
+            self.clock.advance(0.1)
+
+    def test_admitted_later(self) -> None:
+        self.complete()
+        self.spin()
+        self.assertEqual(self.socket.sent, [])
+        self.limits.pending[0].callback(self.limits.release)
+        self.spin()
+        self.assertEqual(self.socket.sent[-1]["type"], "done")
+        done = self.socket.sent[-1]["usage"]
+        self.assertEqual(
+            self.limits.released, [done["input_tokens"] + done["output_tokens"]]
+        )
+        self.assertGreater(self.limits.released[0], 0)
+
+    def test_refused_later(self) -> None:
+        self.complete()
+        self.limits.pending[0].callback(
+            ApiError(429, "too many requests in flight for this key", retry_after="1")
+        )
+        self.assertEqual(
+            self.socket.sent,
+            [
+                {
+                    "type": "error",
+                    "id": "r1",
+                    "error": {
+                        "type": "rate_limit_error",
+                        "message": "too many requests in flight for this key",
+                    },
+                }
+            ],
+        )
+
+    def test_closed_while_waiting(self) -> None:
+        self.complete()
+        self.session.closed()
+        self.limits.pending[0].callback(self.limits.release)
+        self.spin()
+        self.assertEqual(self.limits.released, [0])
+        self.assertEqual(self.socket.sent, [])
+        self.assertEqual(self.gateway.active, set())
+
+    def test_same_id_while_waiting(self) -> None:
+        """
+        The same id sent twice before the first was admitted: the second
+        gets an error and its slot back.
+        """
+        self.complete()
+        self.complete()
+        self.limits.pending[0].callback(self.limits.release)
+        self.limits.pending[1].callback(self.limits.release)
+        self.assertEqual(self.limits.released, [0])
+        self.assertEqual(self.socket.sent[-1]["type"], "error")
+        self.assertIn("already in flight", self.socket.sent[-1]["error"]["message"])
+        self.spin()
+        self.assertEqual(self.socket.sent[-1]["type"], "done")
+
+
+class HttpAdmissionTests(TestCase):
+    """
+    An HTTP request whose admission waits (shared state) is served once
+    admitted, or answered with the refusal.
+    """
+
+    async def test_admitted_and_refused_later(self) -> None:
+        service = await start_service(self, {"api_keys": [CLIENT_KEY]})
+        limits = _PendingLimits()
+        service.gateway.limits.admit = limits.admit  # type: ignore[method-assign]
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, False)))
+        body = json.dumps(
+            {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        headers = {
+            "Authorization": f"Bearer {CLIENT_KEY}",
+            "Content-Type": "application/json",
+        }
+        url = service.url + "/v1/chat/completions"
+        first = http.post(url, body, headers=headers)
+        while not limits.pending:
+            await deferLater(reactor, 0.01, lambda: None)
+        limits.pending[0].callback(limits.release)
+        response = await first
+        reply = await response.json()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(limits.released, [reply["usage"]["total_tokens"]])
+        second = http.post(url, body, headers=headers)
+        while len(limits.pending) < 2:
+            await deferLater(reactor, 0.01, lambda: None)
+        limits.pending[1].callback(ApiError(429, "slow down", retry_after="7"))
+        response = await second
+        await response.content()
+        self.assertEqual(response.code, 429)
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["7"])
