@@ -471,15 +471,37 @@ class RequestTests(SynchronousTestCase):
         req = responses.decode_request({"model": "m", "input": "hello"})
         self.assertEqual(req.messages, (Message("user", (TextPart("hello"),)),))
 
+    def test_item_reference_left_out(self) -> None:
+        """
+        An item reference (the AI SDK's default) is left out: nothing is
+        stored to resolve it, and the items sent whole carry the turn.
+        """
+        body = {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "hi"},
+                {"type": "item_reference", "id": "msg_1"},
+                {
+                    "type": "function_call",
+                    "call_id": "c1",
+                    "name": "f",
+                    "arguments": "{}",
+                },
+                {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+            ],
+        }
+        req = responses.decode_request(body)
+        self.assertEqual([m.role for m in req.messages], ["user", "assistant", "user"])
+        self.assertEqual(len(req.messages[1].parts), 1)
+
     def test_stateless(self) -> None:
         """
-        C{previous_response_id}, C{conversation} and item references are a
-        400 that says the gateway is stateless.
+        C{previous_response_id} and C{conversation} are a 400 that says the
+        gateway is stateless.
         """
         for extra in (
             {"previous_response_id": "resp_1"},
             {"conversation": "conv_1"},
-            {"input": [{"type": "item_reference", "id": "msg_1"}]},
         ):
             body = {"model": "m", "input": "hi", **extra}
             with self.assertRaises(TranslationError) as caught:

@@ -25,10 +25,12 @@ Decoding (a client's C{POST /v1/responses}):
     C{max_output_tokens}, C{temperature}, C{top_p}, C{tool_choice},
     C{parallel_tool_calls}, C{user} and C{stream} have canonical slots.
   - C{store} is accepted and ignored: the gateway stores nothing.
-    C{previous_response_id}, C{conversation} and C{item_reference} items
-    need stored state: they are refused unless the caller says that the
-    upstream keeps it.  C{include}, C{prompt_cache_key}, C{client_metadata},
-    C{service_tier}, C{truncation}, C{metadata}, ... are advisory.
+    C{previous_response_id} and C{conversation} need stored state: they are
+    refused unless the caller says that the upstream keeps it.
+    C{item_reference} items are left out (nothing is stored to resolve
+    them; the items sent whole carry the conversation).  C{include},
+    C{prompt_cache_key}, C{client_metadata}, C{service_tier}, C{truncation},
+    C{metadata}, ... are advisory.
 
 Encoding (for a Responses upstream behind a Chat Completions or Messages
 client) writes the same shapes back, with C{store: false}.
@@ -337,12 +339,11 @@ def _decode_input(
         elif kind in _HOSTED_RECORDS:
             continue
         elif kind == "item_reference":
-            raise TranslationError(
-                _STATELESS.format(what="an 'item_reference'")
-                if not stateful
-                else f"{path!r}: an 'item_reference' cannot be translated.",
-                path,
-            )
+            # A reference to an output item of an earlier response (the AI
+            # SDK sends them unless told store: false).  The gateway keeps
+            # nothing to resolve it with: the reference is left out, and the
+            # items sent whole (calls, their outputs) carry the turn.
+            continue
         else:
             raise TranslationError(
                 f"{path!r}: item type {kind!r} cannot be translated.", f"{path}.type"
