@@ -257,6 +257,20 @@ class SharedLimitTests(RedisTestCase):
         waits = {int(wait or 0) for status, wait in results if status == 429}
         self.assertTrue(waits and all(1 <= w <= 60 for w in waits), waits)
 
+    async def test_no_per_key_limits_no_round_trip(self) -> None:
+        """
+        Without per-key limits, admission asks Redis nothing: it answers at
+        once, as in memory.
+        """
+        redis = await self.redis()
+        limits = await self.limits(redis, max_concurrent=5)
+        release = limits.admit("k")
+        self.assertNotIsInstance(release, Deferred)
+        assert callable(release)
+        self.assertEqual(limits.in_flight, 1)
+        release()
+        self.assertEqual(limits.in_flight, 0)
+
     async def test_concurrency(self) -> None:
         """
         C{max_concurrent_per_key} counts the slots of both: a slot freed on
@@ -457,7 +471,9 @@ class RedisTroubleTests(RedisTestCase):
         a 503 with C{retry-after}; once Redis is back, 200 again.
         """
         redis = await self.redis()
-        a = await self.gateway(redis, redis_failure="closed")
+        a = await self.gateway(
+            redis, redis_failure="closed", requests_per_minute_per_key=1000
+        )
         client = Client(self)
         self.assertEqual((await client.post(a))[0], 200)
         redis.send(signal.SIGSTOP)

@@ -51,6 +51,8 @@ class Limits:
             settings.tokens_per_minute_per_key,
         )
         self._redis: RedisState | None = None
+        # Without per-key limits there is nothing to ask Redis on admission.
+        self._per_key = key_limits != KeyLimits()
         address = settings.redis
         if address is None:
             self.local = MemoryState(key_limits, clock)
@@ -106,7 +108,7 @@ class Limits:
         # cannot overshoot the process's limit together.
         self.in_flight += 1
         identity = self.identity(key)
-        if self._redis is None:
+        if self._redis is None or not self._per_key:
             return self._hold(self.local.admit(identity))
         return self._redis.admit(identity).addCallback(self._hold)
 
