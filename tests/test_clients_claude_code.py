@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -195,10 +196,13 @@ class _ClaudeCode:
         # Whatever else Claude Code asks (a title, a quota check) gets a
         # plain, thinking reply.
         self.service.fake.default_reply = self.reply(["Hello from the fake."])
-        base = Path(self.mktemp())
+        # Not mktemp(): under pytest it makes its directory in the working
+        # directory, and Claude Code fills HOME with its own files.
+        base = Path(tempfile.mkdtemp(prefix="pylon-claude-code-"))
+        self.addCleanup(shutil.rmtree, base, True)
         self.home = base / "home"
         self.project = base / "project"
-        self.home.mkdir(parents=True)
+        self.home.mkdir()
         self.project.mkdir()
 
     def reply(self, chunks: list[str], **kwargs: Any) -> FakeReply:
