@@ -54,12 +54,6 @@ THINKING = ("The user says hello. ", "Answer briefly.")
 SIGNATURE = "sig-claude-code-1"
 
 #: Why tests are expected to fail for now.
-SYSTEM_TURNS = (
-    "for model names it does not know, Claude Code sends {'role': 'system'}"
-    " messages between the turns (beta mid-conversation-tool-changes-2026-07-01),"
-    " which the Messages decoder refuses when translating"
-)
-ALL_TESTS = ("test_text", "test_tool_round", "test_stream_json")
 
 #: A gateway model named as a model Claude Code knows, with an upstream in
 #: Chat Completions format.  Claude Code shapes its requests by the name:
@@ -419,4 +413,3 @@ class ClaudeCodeCrossFormatTests(_ClaudeCode, TestCase):
 
     model = "gpt"
     upstream = "openai"
-    pending = dict.fromkeys(ALL_TESTS, SYSTEM_TURNS)

@@ -860,3 +860,29 @@ class CanonicalTests(SynchronousTestCase):
         self.assertEqual(
             [(x.key, x.advisory) for x in req.extras], [("context_management", True)]
         )
+
+
+class SystemTurnTests(SynchronousTestCase):
+    """
+    C{role: system} messages between the turns (Claude Code sends them for
+    model names it does not know) join the system prompt when translated.
+    """
+
+    def test_system_turns_join_the_system_prompt(self) -> None:
+        body = {
+            "model": "m",
+            "max_tokens": 10,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": [{"type": "text", "text": "# Env"}]},
+                {"role": "system", "content": "more"},
+            ],
+        }
+        req = messages.decode_request(body)
+        self.assertEqual([p.text for p in req.system], ["Be brief.", "# Env", "more"])
+        self.assertEqual([m.role for m in req.messages], ["user"])
+        out = chat.encode_request(req, upstream_model="gpt")
+        self.assertEqual(out["messages"][0]["role"], "system")
+        self.assertIn("# Env", str(out["messages"][0]["content"]))
+        self.assertEqual(out["messages"][-1], {"role": "user", "content": "hi"})

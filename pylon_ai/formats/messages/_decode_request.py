@@ -71,10 +71,19 @@ def decode_request(body: Any) -> CanonicalRequest:
     found = extras(body, FORMAT, _HANDLED, _ADVISORY, _REFUSED)
     model = field(body, "model", str, "model")
     system = _decode_system(field(body, "system", (str, list), "system"))
-    messages = tuple(
-        _decode_message(msg, path)
-        for path, msg in items(body.get("messages"), "messages")
-    )
+    decoded_messages = []
+    for path, msg in items(body.get("messages"), "messages"):
+        if msg.get("role") == "system":
+            # Not a Messages API role, but Claude Code sends such messages
+            # between the turns for model names it does not know: their
+            # text joins the system prompt.
+            system += _decode_system(
+                field(msg, "content", (str, list), f"{path}.content", required=True),
+                f"{path}.content",
+            )
+        else:
+            decoded_messages.append(_decode_message(msg, path))
+    messages = tuple(decoded_messages)
     stops = field(body, "stop_sequences", list, "stop_sequences") or []
     tools = field(body, "tools", list, "tools")
     decoded = tuple(_decode_tool(t, p) for p, t in items(tools or [], "tools"))
@@ -119,13 +128,15 @@ def _cache(block: JSON, path: str) -> JSON | None:
     return value
 
 
-def _decode_system(system: str | list[Any] | None) -> tuple[TextPart, ...]:
+def _decode_system(
+    system: str | list[Any] | None, where: str = "system"
+) -> tuple[TextPart, ...]:
     if system is None:
         return ()
     if isinstance(system, str):
-        return (TextPart(system, origin="system"),)
+        return (TextPart(system, origin=where),)
     parts = []
-    for p, block in items(system, "system"):
+    for p, block in items(system, where):
         if block.get("type") != "text":
             raise TranslationError(f"{p!r} must be a text part here.", p)
         text = field(block, "text", str, f"{p}.text", required=True)
