@@ -4,7 +4,7 @@ The pylon_ai benchmark matrix: one command installs what it needs, runs every
 scenario against "direct" (the scripted upstream itself), pylon_ai, LiteLLM
 and Portkey, and writes results.json, results.md and results.png.
 
-    python3 bench/run.py            # everything (< 10 minutes once installed)
+    python3 bench/run.py            # everything (about 12 minutes once installed)
     python3 bench/run.py --quick    # a fast smoke run, into bench/.work/quick/
 
 See bench/README.md for what is measured and how.  Standard library only: the
