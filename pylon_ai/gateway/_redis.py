@@ -259,9 +259,9 @@ class RedisState:
         self._timeout = timeout_ms / 1000
         self._fail_open = failure == "open"
         self.local = MemoryState(limits, clock)
-        self._instance = (
-            f"{_hashed(os.uname().nodename)[:8]}-{os.getpid()}-{id(self):x}"
-        )
+        # Unique among live instances and workers, and unlike a pid never
+        # reused by a restart while the crashed one's leases live on.
+        self._instance = f"{os.getpid()}-{os.urandom(6).hex()}"
         self._ids = itertools.count()
         # Leases to renew: lease id -> its set's key.
         self._leases: dict[str, str] = {}
