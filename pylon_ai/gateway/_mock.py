@@ -123,26 +123,36 @@ class MockCall:
             if self._on_flush is not None:
                 self._on_flush()
         except BaseException as e:
-            self.deferred.errback(e)
+            self._fail(e)
             return
         self._next()
 
     def _next(self) -> None:
+        # Whoever receives the events may cancel the reply while one is
+        # delivered: the deferred has fired then, and nothing more happens.
         self._timer = None
+        if self.deferred.called:
+            return
         try:
             if self._sent < len(self._words):
                 self._on_event(TextDelta(self._words[self._sent]))
                 if self._on_flush is not None:
                     self._on_flush()
                 self._sent += 1
-                self._timer = self._clock.callLater(self._delay, self._next)
+                if not self.deferred.called:
+                    self._timer = self._clock.callLater(self._delay, self._next)
                 return
             self._on_event(Usage(self._input, self._sent))
             self._on_event(self._stop)
         except BaseException as e:
-            self.deferred.errback(e)
+            self._fail(e)
             return
-        self.deferred.callback(None)
+        if not self.deferred.called:
+            self.deferred.callback(None)
+
+    def _fail(self, reason: BaseException) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(reason)
 
 
 #: The length of the mock's embeddings when the request names none.
