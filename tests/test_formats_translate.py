@@ -1006,7 +1006,8 @@ class AnthropicRequestTests(SynchronousTestCase):
         """
         cases: list[tuple[Any, str]] = [
             ({"messages": None}, "messages"),
-            ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+            ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+            ({"messages": [{"role": "system", "content": 5}]}, "messages[0].content"),
             ({"messages": [{"role": "user"}]}, "messages[0].content"),
             (
                 {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
