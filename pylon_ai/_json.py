@@ -1,26 +1,19 @@
 """
-JSON in and out, through orjson when it is installed.
+JSON in and out, through orjson.
 
-orjson is several times faster on the per-chunk hot path; the standard
-library is the fallback so that it stays optional.
+orjson is a dependency, not an optional speed-up: on a typical stream chunk
+it parses in about 0.5 us where the standard library takes about 2, and
+serialises in 0.16 us against 3.4, against a budget of 3 us per forwarded
+chunk.  The standard library remains only for what orjson refuses and JSON
+allows (an escaped lone surrogate, which orjson will not read or write).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from types import ModuleType
 from typing import Any
 
-
-def _import_orjson() -> ModuleType | None:
-    try:
-        return importlib.import_module("orjson")
-    except ImportError:  # pragma: no cover - exercised where orjson is absent
-        return None
-
-
-_orjson = _import_orjson()
+import orjson
 
 
 def _refuse_constant(name: str) -> Any:
@@ -36,13 +29,12 @@ def loads(data: bytes | str) -> Any:
     @raise ValueError: If C{data} is not valid JSON (or not valid UTF-8),
         holds C{NaN} or C{Infinity}, or nests too deeply.
     """
-    if _orjson is not None:
-        try:
-            return _orjson.loads(data)
-        except ValueError:
-            # orjson refuses what the standard library takes, such as an
-            # escaped lone surrogate; only a document both refuse is invalid.
-            pass
+    try:
+        return orjson.loads(data)
+    except ValueError:
+        # orjson refuses what the standard library takes, such as an
+        # escaped lone surrogate; only a document both refuse is invalid.
+        pass
     try:
         return json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:
@@ -53,11 +45,10 @@ def dumps(value: Any) -> bytes:
     """
     Serialise C{value} as compact UTF-8 JSON.
     """
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(value)
-        except TypeError:
-            pass  # e.g. a lone surrogate: the stdlib escapes it
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        pass  # e.g. a lone surrogate: the stdlib escapes it
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
             "utf-8"
