@@ -36,7 +36,6 @@ from pylon_ai.formats.events import MessageStart, ModelEvent, Usage
 from pylon_ai.gateway._config import ModelConfig, ServerConfig
 from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
 from pylon_ai.gateway._state import SharedView
-from pylon_ai.gateway._unary import UnaryCall
 
 OnEvent = Callable[[ModelEvent], object]
 OnSSE = Callable[[Event, list[ModelEvent]], object]
@@ -362,9 +361,14 @@ class Backend:
         # gets what the client forwards.
         if api == "responses":
             return self._responses_url, self._headers
+        return self._forwarding(self._url, forwarded)
+
+    def _forwarding(
+        self, url: bytes, forwarded: Forwarded | None
+    ) -> tuple[bytes, Headers]:
+        # An Anthropic upstream also gets what the client forwards.
         if forwarded is None or self.format != "anthropic":
-            return self._url, self._headers
-        url = self._url
+            return url, self._headers
         if forwarded.query:
             url += (b"&" if b"?" in url else b"?") + forwarded.query
         headers = self._headers
@@ -377,37 +381,34 @@ class Backend:
         self,
         url: str,
         body: dict[str, Any],
-        extra_headers: dict[str, str] | None = None,
+        on_body: Callable[[bytes, dict[str, Any]], object],
+        forwarded: Forwarded | None = None,
         max_reply: int = 8 * 1024 * 1024,
-    ) -> UnaryCall:
+    ) -> BodyCall:
         """
         Start a request whose reply is one JSON body (token counting,
         embeddings), with this deployment's key and timeouts; one attempt.
 
         @param url: One of this deployment's URLs.
         @param body: The request, in this backend's format, ready to send.
-        @param extra_headers: Client headers this upstream may see (such as
-            C{anthropic-beta}).
+        @param on_body: Called with the reply's bytes and the object they
+            hold.
+        @param forwarded: What of the client's request an Anthropic
+            upstream gets.
         @param max_reply: The largest reply read.
-        @return: The call; its C{deferred} fires with the reply's bytes.
+        @return: The call.
         """
-        headers = (
-            messages_format.request_headers(self.config.api_key)
-            if self.format == "anthropic"
-            else chat_format.request_headers(self.config.api_key)
-        )
-        headers["accept"] = "application/json"
-        headers.update(extra_headers or {})
-        call = UnaryCall(
+        call = BodyCall(
             self._clock,
+            on_body,
             label=StreamCall.label_for(url),
             timeout=self._timeout,
-            first_byte_timeout=self.config.first_byte_timeout_s,
+            max_body_length=max_reply,
             request_timeout=self.config.request_timeout_s,
-            max_body=max_reply,
         )
         self.in_flight += 1
-        call.start(self._client, url, headers, dumps(body))
+        target, headers = self._forwarding(url.encode("ascii"), forwarded)
+        call.start(self._client, target, headers, dumps(body))
         call.deferred.addBoth(self._finished)
         return call
 

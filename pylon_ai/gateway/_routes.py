@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import quote_from_bytes
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
@@ -23,22 +22,18 @@ from twisted.web.server import Request
 
 from pylon_ai._errors import ProviderError
 from pylon_ai._json import dumps, loads
+from pylon_ai._upstream import BodyCall
 from pylon_ai.formats._tokens import estimate_tokens
 from pylon_ai.formats.errors import TranslationError
 from pylon_ai.formats.events import Usage
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
-from pylon_ai.gateway._backends import Backend
+from pylon_ai.gateway._backends import Backend, Forwarded
 from pylon_ai.gateway._exchange import respond_error
 from pylon_ai.gateway._gateway import Api, Gateway
 from pylon_ai.gateway._mock import EmbeddingRequestError, mock_embeddings
 from pylon_ai.gateway._state import usage_tokens
-from pylon_ai.gateway._unary import UnaryCall
 
-#: The only client header, besides the body, that reaches an upstream.
-_FORWARDED_HEADERS = (b"anthropic-beta",)
-#: What a query string may hold unquoted.
-_QUERY_SAFE = "&=+%/:;,?@!$'()*~-._[]"
 #: The C{created} time of every model in OpenAI's shape, and Anthropic's.
 _CREATED = 0
 _CREATED_AT = "2025-01-01T00:00:00Z"
@@ -137,7 +132,8 @@ class _OneShot:
         self._received = time.perf_counter()
         self._model = "unknown"
         self._provider = "-"
-        self._call: UnaryCall | None = None
+        self._call: BodyCall | None = None
+        self._body = b""
         self._usage: Usage | None = None
         self._status = 0
         self._gone = False
@@ -160,9 +156,9 @@ class _OneShot:
             return
         self._call = answer
         self._gateway.track(self)
-        answer.deferred.addCallbacks(self._reply, self._failed)
+        answer.deferred.addCallbacks(lambda _: self._reply(self._body), self._failed)
 
-    def start(self, body: dict[str, Any]) -> bytes | UnaryCall:
+    def start(self, body: dict[str, Any]) -> bytes | BodyCall:
         """
         The reply, or the upstream call that will bring it.
 
@@ -175,6 +171,9 @@ class _OneShot:
         The tokens a reply consumed, for the metrics, if it says.
         """
         return None
+
+    def _got_body(self, body: bytes, _: dict[str, Any]) -> None:
+        self._body = body
 
     def upstream(self, backend: Backend) -> None:
         """
@@ -271,29 +270,21 @@ class CountTokensExchange(_OneShot):
     route = "/v1/messages/count_tokens"
     api: Api = "anthropic"
 
-    def start(self, body: dict[str, Any]) -> bytes | UnaryCall:
+    def start(self, body: dict[str, Any]) -> bytes | BodyCall:
         backend = _pick(self._gateway, self._gateway.backends[body["model"]])
         self.upstream(backend)
         url = backend.count_tokens_url
         if backend.format != "anthropic" or url is None:
             return dumps({"input_tokens": estimate_tokens(body)})
         request = self._request
-        query = request.uri.partition(b"?")[2] if request.uri else b""
-        if query:
-            # As the client sent it; bytes a URL cannot hold get quoted.
-            url += "?" + quote_from_bytes(query, safe=_QUERY_SAFE)
-        headers = {}
-        for name in _FORWARDED_HEADERS:
-            value = request.getHeader(name)
-            if value:
-                try:
-                    headers[name.decode("ascii")] = value.decode("ascii")
-                except UnicodeDecodeError:
-                    pass  # not a header an upstream can take
         upstream = dict(body)
         upstream["model"] = backend.model
         return backend.post(
-            url, upstream, headers, self._gateway.config.server.max_reply_bytes
+            url,
+            upstream,
+            self._got_body,
+            Forwarded.from_request(request.requestHeaders, request.uri or b""),
+            self._gateway.config.server.max_reply_bytes,
         )
 
 
@@ -306,7 +297,7 @@ class EmbeddingsExchange(_OneShot):
 
     route = "/v1/embeddings"
 
-    def start(self, body: dict[str, Any]) -> bytes | UnaryCall:
+    def start(self, body: dict[str, Any]) -> bytes | BodyCall:
         name = body["model"]
         group = self._gateway.backends[name]
         able = [b for b in group if b.format == "mock" or b.embeddings_url]
@@ -333,6 +324,7 @@ class EmbeddingsExchange(_OneShot):
         return backend.post(
             backend.embeddings_url,
             upstream,
+            self._got_body,
             None,
             self._gateway.config.server.max_reply_bytes,
         )
