@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pylon_ai._relay import Relay
 from pylon_ai._sse import Event, SSEProtocol
 from pylon_ai.formats.chat import OpenAIStreamDecoder, OpenAIStreamEncoder
 from pylon_ai.formats.messages import AnthropicStreamDecoder, AnthropicStreamEncoder
@@ -184,9 +185,9 @@ def test_sse_parse(benchmark: Any, arrival: str) -> None:
 @pytest.mark.parametrize("arrival", ARRIVALS)
 def test_passthrough_openai(benchmark: Any, arrival: str) -> None:
     """
-    Same-format forwarding: parse, decode for bookkeeping (usage, stop), and
-    frame the event's own data again for the client (what Exchange._sse
-    writes), dropping the usage chunk the client did not ask for.
+    Same-format forwarding as it was before L{Relay}: parse, decode for
+    bookkeeping (usage, stop), and frame the event's own data again for the
+    client, dropping the usage chunk the client did not ask for.
     """
     reads = ARRIVALS[arrival](OPENAI)
     out: list[bytes] = []
@@ -213,14 +214,14 @@ def test_passthrough_openai(benchmark: Any, arrival: str) -> None:
 @pytest.mark.parametrize("arrival", ARRIVALS)
 def test_passthrough_anthropic(benchmark: Any, arrival: str) -> None:
     """
-    Same-format forwarding on the Anthropic route.
+    Same-format forwarding on the Anthropic route, as before L{Relay}.
     """
     reads = ARRIVALS[arrival](ANTHROPIC)
     out: list[bytes] = []
 
     def run() -> None:
         out.clear()
-        decoder = AnthropicStreamDecoder()
+        decoder = AnthropicStreamDecoder(light=True)
 
         def on_event(event: Event) -> None:
             list(decoder.feed(event.type, event.data))
@@ -238,6 +239,65 @@ def test_passthrough_anthropic(benchmark: Any, arrival: str) -> None:
     _info(benchmark)
     benchmark(run)
     assert out[-1].startswith(b"event: message_stop")
+
+
+def _relay(reads: list[bytes], decoder: Any, out: list[bytes], drop: bool) -> None:
+    events: list[Any] = []
+
+    def emit(evs: Any) -> None:
+        events.extend(evs)
+
+    relay = Relay(
+        decoder,
+        lambda data, count: out.append(data),
+        on_read=lambda: None,
+        on_start=lambda: None,
+        emit=emit,
+        max_line_length=1 << 20,
+        max_event_length=16 << 20,
+        drop_usage=drop,
+    )
+    for data in reads:
+        relay.dataReceived(data)
+    relay.connectionLost(None)
+    list(decoder.finish() or ())
+
+
+@pytest.mark.parametrize("arrival", ARRIVALS)
+def test_relay_openai(benchmark: Any, arrival: str) -> None:
+    """
+    Same-format forwarding as the gateway does it now (L{Relay}): the
+    reads' bytes as they came, scanned for what the books need, the usage
+    chunk the client did not ask for cut out.
+    """
+    reads = ARRIVALS[arrival](OPENAI)
+    out: list[bytes] = []
+
+    def run() -> None:
+        out.clear()
+        _relay(reads, OpenAIStreamDecoder(light=True), out, True)
+
+    _info(benchmark)
+    benchmark(run)
+    assert out[-1].endswith(b"data: [DONE]\n\n")
+    assert b'"choices":[]' not in b"".join(out)
+
+
+@pytest.mark.parametrize("arrival", ARRIVALS)
+def test_relay_anthropic(benchmark: Any, arrival: str) -> None:
+    """
+    Same-format forwarding on the Anthropic route (L{Relay}).
+    """
+    reads = ARRIVALS[arrival](ANTHROPIC)
+    out: list[bytes] = []
+
+    def run() -> None:
+        out.clear()
+        _relay(reads, AnthropicStreamDecoder(light=True), out, False)
+
+    _info(benchmark)
+    benchmark(run)
+    assert b"".join(out) == b"".join(ANTHROPIC)
 
 
 @pytest.mark.parametrize("arrival", ARRIVALS)

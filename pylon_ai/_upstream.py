@@ -43,6 +43,7 @@ from pylon_ai._errors import (
     excerpt,
 )
 from pylon_ai._json import loads
+from pylon_ai._relay import Relay
 from pylon_ai._sse import (
     DEFAULT_MAX_EVENT_LENGTH,
     DEFAULT_MAX_LINE_LENGTH,
@@ -571,6 +572,8 @@ class StreamCall(_Call):
         request_timeout: float | None = None,
         on_start: Callable[[], object] | None = None,
         on_flush: Callable[[], object] | None = None,
+        on_bytes: Callable[[bytes, int], object] | None = None,
+        drop_usage: bool = False,
     ) -> None:
         """
         @param clock: Schedules the idle timeout.
@@ -590,7 +593,18 @@ class StreamCall(_Call):
         @param on_start: Called once, just before the first event of the
             stream is delivered (after that, retrying would splice streams).
         @param on_flush: Called after the events of each read were
-            delivered, so a consumer can write them out in one go.
+            delivered, so a consumer can write them out in one go; and
+            also after each event until it returns a true value (it wrote
+            something), so that the first event of a burst goes out before
+            the rest of the burst is decoded.
+        @param on_bytes: For same-format pass-through, instead of C{on_sse}:
+            called with the upstream's complete events as bytes, as they
+            came, and how many events they are (see L{pylon_ai._relay}).
+            The decoder must be a light one; C{on_event} gets only the model
+            events the books need.
+        @param drop_usage: With C{on_bytes}, cut the usage chunk of a Chat
+            Completions stream out of its bytes (the gateway asked for it,
+            not the client).
         """
         super().__init__(
             clock,
@@ -606,7 +620,12 @@ class StreamCall(_Call):
         self.max_event_length = max_event_length
         self._on_sse = on_sse
         self.on_flush = on_flush
+        # Until the consumer wrote something, it is flushed after every
+        # event: the first byte must not wait for a whole upstream read.
+        self._eager = on_flush is not None
         self._flow: _Flow | None = None
+        self._on_bytes = on_bytes
+        self._drop_usage = drop_usage
 
     def _read(self, response: IResponse) -> None:
         ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
@@ -614,9 +633,22 @@ class StreamCall(_Call):
             self._body = _ErrorBody(self, lambda body: self._wrong_type(ctype, body))
             response.deliverBody(self._body)
             return
-        body = _UpstreamBody(
-            self, self._sse_event, self._max_line, self.max_event_length
-        )
+        body: _UpstreamBody | Relay
+        if self._on_bytes is not None:
+            body = Relay(
+                self._decoder,  # type: ignore[arg-type]
+                self._on_bytes,
+                on_read=self.progress,
+                on_start=self._started,
+                emit=self._emit,
+                max_line_length=self._max_line,
+                max_event_length=self.max_event_length,
+                drop_usage=self._drop_usage,
+            )
+        else:
+            body = _UpstreamBody(
+                self, self._sse_event, self._max_line, self.max_event_length
+            )
         self._body = body
         response.deliverBody(body)
         body.done.addCallbacks(self._body_done, self._body_failed)
@@ -638,7 +670,7 @@ class StreamCall(_Call):
         The upstream body's C{IPushProducer} once the stream is flowing (for
         flow control towards a slow client), else L{None}.
         """
-        if self._flow is None and isinstance(self._body, _UpstreamBody):
+        if self._flow is None and isinstance(self._body, (_UpstreamBody, Relay)):
             if self._body.transport is not None:
                 self._flow = _Flow(self, self._body.transport)
         return self._flow
@@ -667,6 +699,8 @@ class StreamCall(_Call):
             if self._on_sse is not None:
                 self._on_sse(event, events)
         self._emit(events)
+        if self._eager and self.on_flush is not None and self.on_flush():
+            self._eager = False
 
     def _body_done(self, _: None) -> None:
         if self._over:

@@ -27,7 +27,6 @@ from pylon_ai._provider import (
     CustomProvider,
     OpenAIProvider,
 )
-from pylon_ai._sse import Event
 from pylon_ai._upstream import BodyCall, StreamCall
 from pylon_ai.formats import chat as chat_format
 from pylon_ai.formats import messages as messages_format
@@ -38,7 +37,8 @@ from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
 from pylon_ai.gateway._state import SharedView
 
 OnEvent = Callable[[ModelEvent], object]
-OnSSE = Callable[[Event, list[ModelEvent]], object]
+#: Pass-through: the upstream's complete events as bytes, and their count.
+OnSSE = Callable[[bytes, int], object]
 OnBody = Callable[[bytes], object]
 
 #: What a forwarded query string keeps as it is (RFC 3986's query
@@ -244,7 +244,8 @@ class Backend:
         @param body: The request, in this backend's format (the mock takes
             either); C{model} and C{stream} are set here.
         @param on_event: Called with each model event.
-        @param on_sse: Called with each raw SSE event, for pass-through.
+        @param on_sse: For pass-through: called with the upstream's
+            complete events as bytes, as they came, and their count.
         @param on_start: Called once before the first event is delivered.
         @param on_flush: Called after each batch of events was delivered.
         @param forwarded: The client's beta header and query string, for a
@@ -265,6 +266,7 @@ class Backend:
             # Pass-through forwards the events as they come: the decoder
             # only keeps the books.
             light = on_sse is not None
+            drop_usage = False
             if api == "responses":
                 body["model"] = self.model
                 decoder: Any = responses_format.ResponsesStreamDecoder(light)
@@ -274,6 +276,12 @@ class Backend:
                 decoder = messages_format.AnthropicStreamDecoder(light)
             else:
                 body["model"] = self.model
+                options = body.get("stream_options")
+                # The usage chunk is asked for here; a client that did not
+                # ask must not get it (cut out of the passed-through bytes).
+                drop_usage = not (
+                    isinstance(options, dict) and options.get("include_usage") is True
+                )
                 body["stream_options"] = {"include_usage": True}
                 decoder = chat_format.OpenAIStreamDecoder(light)
             call = StreamCall(
@@ -284,7 +292,8 @@ class Backend:
                 timeout=self._timeout,
                 max_line_length=self._max_line,
                 max_event_length=self._max_event,
-                on_sse=on_sse,
+                on_bytes=on_sse,
+                drop_usage=drop_usage,
                 first_byte_timeout=self.config.first_byte_timeout_s,
                 request_timeout=self.config.request_timeout_s,
                 on_start=on_start,

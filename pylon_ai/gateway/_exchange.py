@@ -17,7 +17,6 @@ from twisted.web.server import Request
 
 from pylon_ai._errors import ProviderError
 from pylon_ai._json import dumps
-from pylon_ai._sse import Event
 from pylon_ai._upstream import BodyTooLarge
 from pylon_ai.formats import chat, messages, responses
 from pylon_ai.formats._frames import sse_frame
@@ -187,7 +186,7 @@ class Exchange:
                 self._api,
                 body,
                 self._event,
-                self._sse if self._stream else None,
+                self._relay if self._stream else None,
                 self._upstream_chosen,
                 self._flush if self._stream else None,
                 on_body=None if self._stream else self._whole_arrived,
@@ -260,31 +259,19 @@ class Exchange:
         self._ttft = time.perf_counter() - self._received
         self._raw = raw
 
-    def _sse(self, event: Event, events: list[ModelEvent]) -> None:
-        data = event.data
-        if self._api == "openai":
-            if data == "[DONE]":
-                self._saw_done = True
-            elif (
-                events
-                and not self._want_usage
-                and any(type(e) is Usage for e in events)
-                and '"choices":[]' in data.replace(" ", "")
-            ):
-                return  # the usage chunk the gateway asked for itself
-            self._write(b"data: " + data.encode("utf-8") + b"\n\n")
-        elif self._api == "responses":
-            self._passed += 1
-            name = None if event.type == "message" else event.type
-            self._write(sse_frame(data, name))
-        else:
-            self._write(
-                b"event: "
-                + event.type.encode("utf-8")
-                + b"\ndata: "
-                + data.encode("utf-8")
-                + b"\n\n"
-            )
+    def _relay(self, data: bytes, count: int) -> None:
+        # Pass-through: the upstream's complete events as they came, one
+        # write per upstream read (the usage chunk the gateway asked for
+        # itself is cut out already).
+        if self._gone:
+            return
+        if self._api == "responses":
+            self._passed += count
+        elif self._api == "openai" and data.endswith(b"[DONE]\n\n"):
+            self._saw_done = True
+        if not self._began:
+            self._begin()
+        self._request.write(data)
 
     def _collect(self, event: TextDelta | ToolCallDelta | ReasoningDelta) -> None:
         self._reply.add(event)
@@ -355,14 +342,17 @@ class Exchange:
         if not self._gone:
             self._out.append(data)
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        # True when something was written (the upstream call stops flushing
+        # after every event once the first bytes went out).
         out = self._out
         if not out or self._gone:
-            return
+            return False
         if not self._began:
             self._begin()
         self._request.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+        return True
 
     def _unregister(self) -> None:
         if self._producer is not None:

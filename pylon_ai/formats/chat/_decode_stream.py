@@ -114,6 +114,25 @@ class OpenAIStreamDecoder:
                 "malformed OpenAI stream: unexpected chunk", body=excerpt(data)
             ) from None
 
+    def interesting(self, data: bytes) -> bool:
+        """
+        Whether some complete events, as bytes, may carry what the books
+        need: anything before content began, then an error, a usage, a
+        finish reason or the end.  A false answer is sure; a true one may
+        be wrong (the events are then decoded one by one).
+
+        @param data: Complete events as the upstream sent them.
+        """
+        if not self._content_seen or b'"error"' in data or b"[DONE]" in data:
+            return True
+        for key in (b'"usage"', b'"finish_reason"'):
+            n = data.count(key)
+            # Every OpenAI chunk carries "finish_reason":null, and with
+            # include_usage "usage":null as well: those say nothing.
+            if n and n != data.count(key + b":null") + data.count(key + b": null"):
+                return True
+        return False
+
     def _decode(self, obj: dict[str, Any], raw: str) -> Iterable[ModelEvent]:
         if obj.get("error") is not None:
             return (error_event(obj, raw),)

@@ -118,6 +118,22 @@ class AnthropicStreamDecoder:
                 body=excerpt(data),
             ) from None
 
+    def interesting(self, data: bytes) -> bool:
+        """
+        Whether some complete events, as bytes, may carry what the books
+        need: anything before content began, then C{message_delta},
+        C{message_stop} or an error.  A false answer is sure; a true one
+        may be wrong (the events are then decoded one by one).
+
+        @param data: Complete events as the upstream sent them.
+        """
+        return (
+            not self._content_seen
+            or b'"message_' in data
+            or b'"error"' in data
+            or b"event: error" in data
+        )
+
     def _decode(self, kind: str, obj: dict[str, Any], raw: str) -> Iterable[ModelEvent]:
         if kind == "content_block_delta":
             delta = obj["delta"]

@@ -501,6 +501,24 @@ class ResponsesStreamDecoder:
                 "malformed Responses stream: unexpected event", body=excerpt(data)
             ) from None
 
+    def interesting(self, data: bytes) -> bool:
+        """
+        Whether some complete events, as bytes, may carry what the books
+        need: anything up to C{response.created}, then the end
+        (C{response.completed}, C{.incomplete}, C{.failed}) or an error.  A
+        false answer is sure; a true one may be wrong (the events are then
+        decoded one by one).
+
+        @param data: Complete events as the upstream sent them.
+        """
+        return (
+            not self._started
+            or b'"error"' in data
+            or b'"response.completed"' in data
+            or b'"response.incomplete"' in data
+            or b'"response.failed"' in data
+        )
+
     def _decode(self, kind: Any, obj: JSON, raw: str) -> list[ModelEvent]:
         if kind in ("response.output_text.delta", "response.refusal.delta"):
             return [TextDelta(obj["delta"])] if obj["delta"] else []
