@@ -44,6 +44,10 @@ from pylon_ai._sse import Event, EventTooLong, LineTooLong, SSEProtocol
 from pylon_ai.formats._frames import sse_frame
 from pylon_ai.formats.events import ModelEvent, StreamError, Usage
 
+#: How many events at the end of a burst may be left out to find its run
+#: of plain content (Responses ends with four that are not deltas).
+_TRIM = 5
+
 
 class RelayDecoder(TypingProtocol):
     """
@@ -72,23 +76,6 @@ def _fields(block: bytes) -> tuple[str, bytes | None]:
             name = value
     data = b"\n".join(datas) if datas else None
     return name.decode("utf-8", "replace") or "message", data
-
-
-def _batch(region: bytes) -> bytes | None:
-    # The data of every event of a region of simple events (all "data: X"
-    # or all "event: NAME\ndata: X" with one name), joined with commas; or
-    # None if the region is not that simple.
-    if region[:6] == b"data: ":
-        prefix = b"data: "
-    elif region[:7] == b"event: ":
-        nl = region.find(b"\n")
-        prefix = region[: nl + 1] + b"data: "
-        if not region.startswith(prefix):
-            return None
-    else:
-        return None
-    body = region[len(prefix) : -2].replace(b"\n\n" + prefix, b",")
-    return None if b"\n" in body else body
 
 
 class Relay(Protocol):
@@ -136,6 +123,8 @@ class Relay(Protocol):
         self.done: Deferred[None] = Deferred()
         self._failed: BaseException | None = None
         self._committed = False
+        #: Committed, and not handed to SSEProtocol: the inline path is on.
+        self._fast = False
         self._first = True
         #: The reads of an event not complete yet.
         self._parts: list[bytes] = []
@@ -150,6 +139,20 @@ class Relay(Protocol):
         if self._failed is not None or not data:
             return
         self._on_read()
+        # The read nearly every stream is made of, inline: whole events,
+        # nothing held, the stream under way, nothing the books need.
+        if (
+            self._fast
+            and not self._parts
+            and data[-2:] == b"\n\n"
+            and len(data) <= self._small
+            and b"\r" not in data
+            and not self._decoder.interesting(data)
+        ):
+            count = self._valid(data)
+            if count:
+                self._on_bytes(data, count)
+                return
         if self._classic is not None:
             self._classic.dataReceived(data)
             return
@@ -209,37 +212,119 @@ class Relay(Protocol):
             f"event stream event larger than {self._max_event} bytes; stream aborted"
         )
 
+    def _valid(self, region: bytes) -> int:
+        # How many events a region of simple events holds if they all are
+        # JSON (one parse for all of them); 0 if it is not that.
+        if region[:6] == b"data: ":
+            prefix = 6
+        elif region[:7] == b"event: ":
+            prefix = region.find(b"\n") + 1
+            if region[prefix : prefix + 6] != b"data: ":
+                return 0
+            prefix += 6
+        else:
+            return 0
+        body = region[prefix:-2]
+        if b"\n" in body:
+            # More than one event: each separator and the next event's
+            # prefix become one comma (the same prefix, or a newline stays).
+            body = body.replace(b"\n\n" + region[:prefix], b",")
+            if b"\n" in body:
+                return 0
+            count = (len(region) - 2 - prefix - len(body)) // (prefix + 1) + 1
+            body = b"[" + body + b"]"
+        else:
+            count = 1
+        try:
+            parsed = orjson.loads(body)
+        except ValueError:
+            return 0
+        if count == 1 or (type(parsed) is list and len(parsed) == count):
+            return count
+        return 0
+
     def _plain(self, region: bytes) -> None:
-        # Content only, as far as the bytes tell: checked to be JSON, then
-        # forwarded whole.
-        body = _batch(region)
-        if body is not None:
-            count = region.count(b"\n\n")
-            try:
-                parsed = orjson.loads(b"[" + body + b"]")
-            except ValueError:
-                parsed = None
-            if type(parsed) is list and len(parsed) == count:
-                if not self._committed:
-                    self._commit()
-                self._on_bytes(region, count)
-                return
+        # Content only, as far as the bytes tell: checked, then forwarded
+        # whole.
+        count = self._valid(region)
+        if count:
+            if not self._committed:
+                self._commit()
+            self._on_bytes(region, count)
+            return
         self._blocks(region)
 
+    def _head(self, rest: bytes) -> tuple[int, int]:
+        # The start of rest (whole events) that is plain, valid content of
+        # one kind: rest without up to _TRIM events at its end (a burst
+        # ends with the events the books need); its length and event
+        # count, or (0, 0).
+        if len(rest) > self._small:
+            return 0, 0  # the bounds are checked event by event
+        nl = rest.find(b"\n")
+        prefix = b"data: " if rest[:6] == b"data: " else rest[: nl + 1]
+        interesting = self._decoder.interesting
+        end = len(rest)
+        for _ in range(_TRIM + 1):
+            cut = rest.rfind(b"\n\n", 0, end - 2)
+            start = cut + 2 if cut >= 0 else 0
+            last = rest[start:end]
+            if last.startswith(prefix) and not interesting(last):
+                break
+            end = start
+            if not end:
+                return 0, 0
+        else:
+            return 0, 0
+        head = rest if end == len(rest) else rest[:end]
+        if interesting(head):
+            return 0, 0
+        count = self._valid(head)
+        return (end, count) if count else (0, 0)
+
     def _blocks(self, region: bytes) -> None:
-        # Event by event: each decoded; the first one out at once, the rest
-        # in one write.
+        # Event by event: each decoded if it may matter; the first one out
+        # at once, the rest in one write.  Once content flows, the plain run
+        # of events up to the end of the burst is taken at once (_head).
         out: list[bytes] = []
         count = 0
+        pos = 0
+        size = len(region)
+        tried = False
         try:
-            for block in region[:-2].split(b"\n\n"):
-                raw = block + b"\n\n"
+            while pos < size:
+                start = pos
+                pos = region.find(b"\n\n", pos) + 2
+                raw = region[start:pos]
+                block = raw[:-2]
                 if len(raw) > self._small:
                     self._check_bounds(block)
-                name, data = _fields(block)
+                data: bytes | None
+                if block[:6] == b"data: " and b"\n" not in block:
+                    name, data = "message", block[6:]
+                else:
+                    name, data = _fields(block)
                 if data is None:
                     out.append(raw)
                     continue
+                if self._fast and not self._decoder.interesting(raw):
+                    if not tried:
+                        tried = True
+                        end, n = self._head(region[start:] if start else region)
+                        if end:
+                            out.append(region[start : start + end])
+                            count += n
+                            pos = start + end
+                            continue
+                    # Content: checked to be JSON, not decoded.
+                    try:
+                        orjson.loads(data)
+                    except ValueError:
+                        pass  # decoded below: it fails there, or is not UTF-8
+                    else:
+                        out.append(raw)
+                        count += 1
+                        continue
                 first = not self._committed
                 kept = self._event(name, data, raw)
                 if kept is None:
@@ -293,6 +378,7 @@ class Relay(Protocol):
 
     def _commit(self) -> None:
         self._committed = True
+        self._fast = self._classic is None
         self._on_start()
 
     # -- the rare streams: CR line ends, a BOM -------------------------------
@@ -304,6 +390,7 @@ class Relay(Protocol):
         classic.transport = self.transport
         classic.done.chainDeferred(self.done)
         self._classic = classic
+        self._fast = False
         classic.dataReceived(held + data)
 
     def _classic_event(self, event: Event) -> None:

@@ -123,15 +123,18 @@ class OpenAIStreamDecoder:
 
         @param data: Complete events as the upstream sent them.
         """
-        if not self._content_seen or b'"error"' in data or b"[DONE]" in data:
+        if not self._content_seen:
             return True
-        for key in (b'"usage"', b'"finish_reason"'):
-            n = data.count(key)
-            # Every OpenAI chunk carries "finish_reason":null, and with
-            # include_usage "usage":null as well: those say nothing.
-            if n and n != data.count(key + b":null") + data.count(key + b": null"):
-                return True
-        return False
+        if b"[DONE]" in data or b'"error"' in data:
+            return True
+        # Every OpenAI chunk carries "finish_reason":null, and with
+        # include_usage "usage":null as well: those say nothing.  (Other
+        # spacing only costs a decode.)
+        n = data.count(b'"finish_reason"')
+        if n and n != data.count(b'"finish_reason":null'):
+            return True
+        n = data.count(b'"usage"')
+        return n != 0 and n != data.count(b'"usage":null')
 
     def _decode(self, obj: dict[str, Any], raw: str) -> Iterable[ModelEvent]:
         if obj.get("error") is not None:
