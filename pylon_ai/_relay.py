@@ -294,7 +294,11 @@ class Relay(Protocol):
         try:
             while pos < size:
                 start = pos
-                pos = region.find(b"\n\n", pos) + 2
+                pos = region.find(b"\n\n", pos)
+                if pos < 0:
+                    out.append(region[start:])  # blank lines after the last event
+                    break
+                pos += 2
                 raw = region[start:pos]
                 block = raw[:-2]
                 if len(raw) > self._small:

@@ -358,6 +358,28 @@ class PassThroughBytesTests(SynchronousTestCase):
         data = b"".join(STREAMS[fmt][1])
         self.check(fmt, splits(data, cuts), drop_usage=drop and fmt == "openai")
 
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.sampled_from(sorted(STREAMS)),
+        st.lists(st.integers(min_value=0, max_value=1 << 16), max_size=8),
+        st.lists(st.sampled_from([b"\n", b": keep-alive\n\n"]), max_size=4),
+    )
+    def test_blank_lines_and_comments(
+        self, fmt: str, cuts: list[int], extra: list[bytes]
+    ) -> None:
+        """
+        Extra blank lines and comments between events go out as they came,
+        in any split, and the books are kept.
+        """
+        frames = STREAMS[fmt][1]
+        data = frames[0] + b"".join(f + b"".join(extra) for f in frames[1:])
+        h = Relayed(fmt)
+        h.feed(*splits(data, cuts))
+        h.end()
+        self.assertEqual(h.outcome, [None])
+        self.assertEqual(b"".join(h.out), data[: data.rfind(b"\n\n") + 2])
+        self.assertIn(Usage, [type(e) for e in h.events])
+
     def test_usage_chunk_cut_out(self) -> None:
         """
         The usage chunk the gateway asked for is cut out of the read that
