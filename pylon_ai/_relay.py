@@ -139,30 +139,32 @@ class Relay(Protocol):
         if self._failed is not None or not data:
             return
         self._on_read()
-        # The read nearly every stream is made of, inline: whole events,
-        # nothing held, the stream under way, nothing the books need.
-        if (
-            self._fast
-            and not self._parts
-            and data[-2:] == b"\n\n"
-            and len(data) <= self._small
-            and b"\r" not in data
-            and not self._decoder.interesting(data)
-        ):
-            count = self._valid(data)
-            if count:
-                self._on_bytes(data, count)
-                return
-        if self._classic is not None:
-            self._classic.dataReceived(data)
-            return
-        if b"\r" in data or (self._first and data[:1] == b"\xef"):
-            self._to_classic(data)
-            return
-        self._first = False
         try:
+            # The read nearly every stream is made of, inline: whole events,
+            # nothing held, the stream under way, nothing the books need.
+            if (
+                self._fast
+                and not self._parts
+                and data[-2:] == b"\n\n"
+                and len(data) <= self._small
+                and b"\r" not in data
+                and not self._decoder.interesting(data)
+            ):
+                count = self._valid(data)
+                if count:
+                    self._on_bytes(data, count)
+                    return
+            if self._classic is not None:
+                self._classic.dataReceived(data)
+                return
+            if b"\r" in data or (self._first and data[:1] == b"\xef"):
+                self._to_classic(data)
+                return
+            self._first = False
             self._read(data)
         except BaseException as e:
+            # What the consumer raised too: the stream stops, and the call
+            # fails with it (as SSEProtocol does).
             self._fail(e)
 
     def _read(self, data: bytes) -> None:
@@ -336,9 +338,10 @@ class Relay(Protocol):
                 count += 1
                 if first:
                     out.append(kept)
-                    self._on_bytes(b"".join(out), count)
+                    ready, n = b"".join(out), count
                     out.clear()
                     count = 0
+                    self._on_bytes(ready, n)
                 else:
                     out.append(kept)
         finally:
