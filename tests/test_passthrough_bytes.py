@@ -462,11 +462,15 @@ class PassThroughBytesTests(SynchronousTestCase):
         """
         frames = openai_stream(4)
         bad = b'data: {"choices":[{"delta":{"content":"x"}} oops\n\n'
-        h = Relayed("openai")
-        h.feed(b"".join(frames[:3]), frames[3] + bad + b"".join(frames[4:]))
-        assert isinstance(h.outcome[0], Failure)
-        self.assertIsInstance(h.outcome[0].value, ProviderStreamError)
-        self.assertEqual(b"".join(h.out), b"".join(frames[:4]))
+        for reads in (
+            [b"".join(frames[:3]), frames[3] + bad + b"".join(frames[4:])],
+            [*frames[:4], bad, *frames[4:]],
+        ):
+            h = Relayed("openai")
+            h.feed(*reads)
+            assert isinstance(h.outcome[0], Failure)
+            self.assertIsInstance(h.outcome[0].value, ProviderStreamError)
+            self.assertEqual(b"".join(h.out), b"".join(frames[:4]))
 
     def test_event_over_bound(self) -> None:
         """

@@ -136,6 +136,21 @@ class OpenAIStreamDecoder:
         n = data.count(b'"usage"')
         return n != 0 and n != data.count(b'"usage":null')
 
+    def plain(self, obj: object) -> bool:
+        """
+        Whether one parsed chunk surely carries nothing the books need
+        (L{interesting} for one event already parsed): content began, and
+        it holds no error, no usage and no finish reason.
+        """
+        if not self._content_seen or type(obj) is not dict:
+            return False
+        if obj.get("usage") is not None or obj.get("error") is not None:
+            return False
+        choices = obj.get("choices")
+        if type(choices) is not list:
+            return choices is None
+        return all(type(c) is dict and c.get("finish_reason") is None for c in choices)
+
     def _decode(self, obj: dict[str, Any], raw: str) -> Iterable[ModelEvent]:
         if obj.get("error") is not None:
             return (error_event(obj, raw),)

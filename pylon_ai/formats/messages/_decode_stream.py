@@ -134,6 +134,18 @@ class AnthropicStreamDecoder:
             or b"event: error" in data
         )
 
+    def plain(self, obj: object) -> bool:
+        """
+        Whether one parsed event surely carries nothing the books need
+        (L{interesting} for one event already parsed): a content delta once
+        content began.
+        """
+        return (
+            self._content_seen
+            and type(obj) is dict
+            and obj.get("type") == "content_block_delta"
+        )
+
     def _decode(self, kind: str, obj: dict[str, Any], raw: str) -> Iterable[ModelEvent]:
         if kind == "content_block_delta":
             delta = obj["delta"]

@@ -519,6 +519,14 @@ class ResponsesStreamDecoder:
             or b'"response.failed"' in data
         )
 
+    def plain(self, obj: object) -> bool:
+        """
+        Whether one parsed event surely carries nothing the books need
+        (L{interesting} for one event already parsed): a delta once the
+        response was created.
+        """
+        return self._started and type(obj) is dict and obj.get("type") in _DELTAS
+
     def _decode(self, kind: Any, obj: JSON, raw: str) -> list[ModelEvent]:
         if kind in ("response.output_text.delta", "response.refusal.delta"):
             return [TextDelta(obj["delta"])] if obj["delta"] else []
