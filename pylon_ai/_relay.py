@@ -5,8 +5,11 @@ The client speaks the upstream's format, so the events go to it as the
 upstream wrote them: each read's complete events in one write, the bytes
 untouched.  What the gateway must know (usage, an error event, the end, the
 usage chunk it asked for itself) is found by scanning the bytes
-(C{decoder.interesting}); only the reads that may carry one are split into
-events and decoded, by the same light decoder as before.
+(C{decoder.interesting}), or for a read of one event from the object its
+check parsed (C{decoder.plain}); only the reads that may carry one are split
+into events and decoded, by the same light decoder as before.  In a burst,
+once content flows, the run of content events up to the events that end it
+is checked and forwarded at once.
 
 Choices:
   - Only complete events are forwarded.  A partial event at the end of a
@@ -25,6 +28,8 @@ Choices:
     rare, and correct rather than fast.
   - Events without data (comments, keep-alives) are forwarded with the
     events around them, but never count as the first event.
+  - An error event is not forwarded: the call fails with it, and the
+    consumer ends the stream with its own error event (as before).
 """
 
 from __future__ import annotations
