@@ -340,8 +340,9 @@ class Gateway:
         Start serving a checked request of API C{api}: the first attempt, and
         more (other deployments, fallbacks) while nothing reached the client.
 
-        @param on_sse: For pass-through: called with the raw SSE events when
-            the upstream speaks C{api} too (and only then).
+        @param on_sse: For pass-through: called with the upstream's own
+            bytes (one read's complete events) and how many events they
+            hold, when the upstream speaks C{api} too (and only then).
         @param on_start: Called with the deployment whose reply is about to
             be delivered, before its first event.
         @param on_flush: Called after each batch of events (one upstream
