@@ -1,0 +1,1 @@
+POST /v1/responses for every model: passed through to Responses upstreams, translated to Chat Completions or Messages for the others (namespace tools, hosted tools dropped or refused with strict_tools, reasoning carried in encrypted_content, stateless); Codex CLI, the OpenAI Agents SDK, the Vercel AI SDK and pydantic-ai tested for real.

@@ -1,0 +1,1 @@
+Same-format streams are passed through as the upstream's own bytes (only reads that may carry usage, an error or the end are decoded); the first event of a burst goes out at once; orjson is a dependency. The benchmark installs Portkey from its release lockfile and measures added TTFT with spaced chunks, CPU µs per chunk and /v1/responses.
