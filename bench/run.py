@@ -330,13 +330,14 @@ def venv(path: Path, packages: list[str], stamp_value: str) -> Path:
         return path / "bin" / "python"
     if not (path / "bin" / "python").exists():
         sh([sys.executable, "-m", "venv", str(path)])
-    local = [p for p in packages if Path(p).is_dir()]
-    if local:
+    options = []
+    if any(Path(p).is_dir() for p in packages):
         # A source tree keeps its version from commit to commit: pip would
-        # call an installed copy "already satisfied" and keep the old code
-        # (and the old dependencies).
+        # take an installed copy, or a wheel it cached, of the same version,
+        # with the old code and the old dependencies.
         sh([str(path / "bin" / "pip"), "uninstall", "-q", "-y", "pylon_ai"])
-    sh([str(path / "bin" / "pip"), "install", "-q", "--upgrade", *packages])
+        options.append("--no-cache-dir")
+    sh([str(path / "bin" / "pip"), "install", "-q", "--upgrade", *options, *packages])
     stamp.write_text(stamp_value)
     return path / "bin" / "python"
 
