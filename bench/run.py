@@ -407,21 +407,6 @@ def install(args: argparse.Namespace, need: set[str]) -> dict[str, Any]:
         # optional speed-up users do not get is not measured; py-spy is a
         # separate binary for the profile.
         py = venv(WORK / "venv-pylon", [*pkg, "py-spy"], f"{key} as README")
-        extra = subprocess.run(
-            [
-                str(py),
-                "-c",
-                "import importlib.metadata as m\n"
-                "req = ' '.join(m.requires('pylon_ai') or [])\n"
-                "try: m.version('orjson')\n"
-                "except m.PackageNotFoundError: pass\n"
-                "else: print('' if 'orjson' in req else 'orjson')",
-            ],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        if extra:  # left by an earlier bench that installed it
-            sh([str(py), "-m", "pip", "uninstall", "-q", "-y", extra])
         info["pylon_ai_commit"] = commit
         info["pylon_ai"] = subprocess.run(
             [
