@@ -163,12 +163,15 @@ class Client:
         self.pool.maxPersistentPerHost = 50
         case.addCleanup(self.pool.closeCachedConnections)
         self.http = HTTPClient(Agent(reactor, pool=self.pool))
+        #: Requests answered so far.
+        self.answered = 0
 
     async def post(self, service: Service) -> tuple[int, str | None]:
         response = await self.http.post(
             service.url + "/v1/chat/completions", BODY, headers=HEADERS
         )
         await response.content()
+        self.answered += 1
         retry = response.headers.getRawHeaders("retry-after")
         return response.code, retry[0] if retry else None
 
@@ -457,7 +460,7 @@ class RedisTroubleTests(RedisTestCase):
         client = Client(self)
         load = Deferred.fromCoroutine(client.many(a, 60))
         state = shared(a.gateway.limits)
-        await deferLater(reactor, 0.05, lambda: None)
+        await until(lambda: client.answered >= 10, "the load under way")
         await redis.kill()
         results = await load
         self.assertEqual([s for s, _ in results], [200] * 60)
