@@ -744,7 +744,13 @@ SCRIPTS_OPENAI = ("c20-d0", "c200-d0", "c200-d0-f5", "c50-d100", "c10-d100", "c1
 def pylon_config(up: int, path: Path, state: str | None = None) -> None:
     server = "[server]\nshutdown_grace_s = 1\n"
     if state:
-        server += f'state = "{state}"\n'
+        # Per-key limits far above the load, so that every admission is the
+        # round trip to Redis (with none, admission never asks it).
+        server += (
+            f'state = "{state}"\n'
+            "requests_per_minute_per_key = 1000000000\n"
+            "max_concurrent_per_key = 1000000\n"
+        )
     parts = [server]
     for s in SCRIPTS_OPENAI:
         parts.append(
