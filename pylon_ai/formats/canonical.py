@@ -548,6 +548,22 @@ class ToolCall:
         return ToolCallPart(self.id, self.name, arguments)
 
 
+def forced_tool_choice(choice: ToolChoice | None, own_tools: bool) -> ToolChoice:
+    """
+    The tool choice once the forced-tool technique added its tool: that tool
+    alone when the client has no tools of its own (or chose none), else any
+    tool (the client's or the answer) where the client let the model choose.
+
+    @param choice: The client's tool choice, if any.
+    @param own_tools: Whether the client sent tools of its own.
+    """
+    if not own_tools or (choice is not None and choice.mode == "none"):
+        return ToolChoice("tool", STRUCTURED_OUTPUT_TOOL)
+    if choice is None or choice.mode == "auto":
+        return ToolChoice("required")
+    return choice
+
+
 def structured_output_tool(output: OutputFormat) -> Tool:
     """
     The tool of the forced-tool technique for C{output}.

@@ -25,9 +25,9 @@ from pylon_ai.formats.canonical import (
     TextPart,
     Tool,
     ToolCallPart,
-    ToolChoice,
     ToolResultPart,
     budget_for_effort,
+    forced_tool_choice,
     structured_output_tool,
 )
 from pylon_ai.formats.errors import TranslationError
@@ -152,10 +152,7 @@ def _encode_tools(req: CanonicalRequest, out: JSON, native: bool) -> bool:
             )
         own = bool(tools)
         tools.append(_tool(structured_output_tool(output), False))
-        if not own or (choice is not None and choice.mode == "none"):
-            choice = ToolChoice("tool", STRUCTURED_OUTPUT_TOOL)
-        elif choice is None or choice.mode == "auto":
-            choice = ToolChoice("required")
+        choice = forced_tool_choice(choice, own)
     serial = req.parallel_tool_calls is False
     encoded: JSON | None
     if choice is None:

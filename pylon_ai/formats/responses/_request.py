@@ -73,6 +73,7 @@ from pylon_ai.formats.canonical import (
     ToolCallPart,
     ToolChoice,
     ToolResultPart,
+    forced_tool_choice,
     structured_output_tool,
 )
 from pylon_ai.formats.errors import TranslationError
@@ -645,10 +646,7 @@ def _encode_tools(req: CanonicalRequest, out: JSON, native: bool) -> None:
             )
         own = bool(tools)
         tools.append(_function(structured_output_tool(req.output_format)))
-        if not own or (choice is not None and choice.mode == "none"):
-            choice = ToolChoice("tool", STRUCTURED_OUTPUT_TOOL)
-        elif choice is None or choice.mode == "auto":
-            choice = ToolChoice("required")
+        choice = forced_tool_choice(choice, own)
     if not tools:
         return
     out["tools"] = tools
