@@ -26,10 +26,7 @@ from typing import Any, ClassVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase, Todo, makeTodo
+from twisted.trial.unittest import TestCase, Todo, makeTodo
 
 from pylon_ai.gateway._config import parse_config
 from pylon_ai.gateway._gateway import Gateway
@@ -37,8 +34,13 @@ from pylon_ai.gateway._server import make_site
 from pylon_ai.testing import FakeProvider, FakeReply, FakeToolCall, RecordedRequest
 
 try:
+    from tests._responses_clients import find_program, run_program
     from tests._service import CLIENT_KEY, OPENAI_UPSTREAM_KEY, Service, models
 except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
+    from _responses_clients import (  # type: ignore[no-redef]
+        find_program,
+        run_program,
+    )
     from _service import (  # type: ignore[no-redef]
         CLIENT_KEY,
         OPENAI_UPSTREAM_KEY,
@@ -46,9 +48,6 @@ except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
         models,
     )
 
-ROOT = Path(__file__).resolve().parent.parent
-#: Seconds one run of Claude Code may take (it takes well under one).
-RUN_TIMEOUT = 60.0
 
 THINKING = ("The user says hello. ", "Answer briefly.")
 SIGNATURE = "sig-claude-code-1"
@@ -95,68 +94,6 @@ async def start_gateway(case: TestCase) -> Service:
     return Service(fake, gateway, site, port)
 
 
-def find_claude() -> str:
-    """
-    The path of the C{claude} program.
-
-    @raise SkipTest: There is none, outside CI.
-    @raise RuntimeError: There is none, in CI (C{CI=true}).
-    """
-    candidates = [
-        os.environ.get("PYLON_CLAUDE_CODE"),
-        str(ROOT / ".ci" / "node_modules" / ".bin" / "claude"),
-        shutil.which("claude"),
-    ]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    message = (
-        "Claude Code is not installed: run `npm ci --prefix .ci` (Node and npm"
-        " needed), or set PYLON_CLAUDE_CODE to the path of a `claude` program"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        raise RuntimeError(message)
-    raise SkipTest(message)
-
-
-class _Run(ProcessProtocol):
-    """
-    One run of a program: its output, error output and exit code.
-    """
-
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.err: list[bytes] = []
-        self.done: Deferred[tuple[str, str, int]] = Deferred(self._kill)
-
-    def connectionMade(self) -> None:
-        # Print mode reads a prompt from standard input when it is not a
-        # terminal: give it none.
-        assert self.transport is not None
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def errReceived(self, data: bytes) -> None:
-        self.err.append(data)
-
-    def processEnded(self, reason: Failure) -> None:
-        if self.done.called:
-            return
-        code = 0 if reason.check(ProcessDone) else reason.value.exitCode
-        out = b"".join(self.out).decode("utf-8", "replace")
-        err = b"".join(self.err).decode("utf-8", "replace")
-        self.done.callback((out, err, code if code is not None else -1))
-
-    def _kill(self, d: Deferred[Any]) -> None:
-        assert self.transport is not None
-        try:
-            self.transport.signalProcess("KILL")
-        except Exception:  # already gone
-            pass
-
-
 class _ClaudeCode:
     """
     A mixin for L{TestCase}: Claude Code against a gateway in front of a
@@ -182,7 +119,9 @@ class _ClaudeCode:
         return todo
 
     def setUp(self) -> Deferred[None]:
-        self.claude = find_claude()
+        self.claude = find_program(
+            "claude", "PYLON_CLAUDE_CODE", "Claude Code (@anthropic-ai/claude-code)"
+        )
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
@@ -228,12 +167,7 @@ class _ClaudeCode:
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         }
         args = [self.claude, "-p", prompt, "--model", self.model, *options]
-        protocol = _Run()
-        reactor.spawnProcess(
-            protocol, self.claude, args, env=env, path=str(self.project)
-        )
-        protocol.done.addTimeout(RUN_TIMEOUT, reactor)
-        out, err, code = await protocol.done
+        out, err, code = await run_program(args, env, str(self.project))
         if code != 0:
             raise AssertionError(
                 f"claude exited with {code}\nstdout: {out[-2000:]}\n"
