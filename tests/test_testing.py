@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import attrs
 import openai
 from treq.client import HTTPClient
 
@@ -743,7 +744,12 @@ class ScriptTests(SynchronousTestCase):
             "stall_after": 3,
             "stream_error": True,
             "raw_body": "data: caf\u00e9\n\n",
+            "thinking": ["Hm", "m."],
+            "signature": "sig-1",
+            "input_tokens": 12,
+            "embeddings": [[0.5, 1]],
         }
+        self.assertEqual(set(reply), {f.name for f in attrs.fields(FakeReply)})
         [got] = FakeScript.from_json([reply]).replies
         self.assertEqual(
             got,
@@ -765,6 +771,10 @@ class ScriptTests(SynchronousTestCase):
                 stall_after=3,
                 stream_error=True,
                 raw_body="data: café\n\n".encode(),
+                thinking=["Hm", "m."],
+                signature="sig-1",
+                input_tokens=12,
+                embeddings=[[0.5, 1.0]],
             ),
         )
         self.assertEqual(

@@ -79,6 +79,10 @@ Each reply takes the fields of L{FakeReply} (all optional)::
   stall_after       send nothing more after this many chunks
   stream_error      true: end the stream with the provider's error event
   raw_body          a string sent as the body (UTF-8) instead of the reply
+  thinking          list of strings: reasoning streamed before the text
+  signature         the signature of that thinking block
+  input_tokens      the count a token-counting request answers
+  embeddings        list of vectors (lists of numbers) embeddings answer
 """
 
 from pylon_ai.testing._fake import (

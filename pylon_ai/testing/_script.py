@@ -46,6 +46,10 @@ SCRIPT_HELP = """
   stall_after       send nothing more after this many chunks
   stream_error      true: end the stream with the provider's error event
   raw_body          a string sent as the body (UTF-8) instead of the reply
+  thinking          list of strings: reasoning streamed before the text
+  signature         the signature of that thinking block
+  input_tokens      the count a token-counting request answers
+  embeddings        list of vectors (lists of numbers) embeddings answer
 """
 
 _STOP_REASONS: tuple[str, ...] = get_args(StopReason)
@@ -171,6 +175,16 @@ def _object(where: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def _vectors(where: str, value: Any) -> list[list[float]]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, list)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        for v in value
+    ):
+        raise _fail(where, "expected a list of lists of numbers")
+    return value
+
+
 def _tool_call(where: str, value: Any) -> FakeToolCall:
     if not isinstance(value, dict) or "id" not in value or "name" not in value:
         raise _fail(where, 'expected {"id": ..., "name": ..., "arguments": ...}')
@@ -224,6 +238,10 @@ _FIELDS: Mapping[str, Callable[[str, Any], Any]] = {
     "stall_after": _count,
     "stream_error": _flag,
     "raw_body": _raw_body,
+    "thinking": _strings,
+    "signature": _optional_string,
+    "input_tokens": _count,
+    "embeddings": _vectors,
 }
 
 
