@@ -5,7 +5,7 @@ request for the upstream that will serve it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
 from twisted.internet.defer import Deferred, succeed
@@ -19,7 +19,6 @@ from pylon_ai.gateway._backends import Backend, Forwarded, OnBody, OnEvent, OnSS
 from pylon_ai.gateway._config import Config
 from pylon_ai.gateway._limits import Limits
 from pylon_ai.gateway._metrics import Metrics
-from pylon_ai.gateway._translation import Translation
 
 Api = Literal["openai", "anthropic", "responses"]
 
@@ -305,24 +304,16 @@ class Gateway:
         fresh = [b for b in group if id(b) not in tried]
         if fresh_only and not fresh:
             return None
+        return self.least_busy(fresh or group)
+
+    def least_busy(self, pool: Sequence[Backend]) -> Backend:
+        """
+        Of C{pool} (not empty), a deployment not in cooldown if there is
+        one, and among those the one with the fewest requests in flight.
+        """
         now = self.clock.seconds()
-        pool = fresh or group
         resting = [b for b in pool if b.resting_until() <= now] or pool
         return min(resting, key=lambda b: b.busy())
-
-    def upstream_body(
-        self, api: Api, body: dict[str, Any], backend: Backend
-    ) -> dict[str, Any]:
-        """
-        A checked request of API C{api}, in the format C{backend} speaks:
-        as it came for the same format (and the mock), else decoded into
-        the canonical model and encoded for C{backend}
-        (L{pylon_ai.formats}).  The attempts of one request share one
-        L{Translation} instead, which decodes once.
-
-        @raise TranslationError: If the request cannot be translated.
-        """
-        return Translation(api, body).body_for(backend)
 
     def open(
         self,

@@ -252,13 +252,6 @@ class _OneShot:
         )
 
 
-def _pick(gateway: Gateway, backends: list[Backend]) -> Backend:
-    # As Gateway.pick does: out of cooldown if any is, then the least busy.
-    now = gateway.clock.seconds()
-    resting = [b for b in backends if b.resting_until() <= now] or backends
-    return min(resting, key=lambda b: b.busy())
-
-
 class CountTokensExchange(_OneShot):
     """
     C{POST /v1/messages/count_tokens}: forwarded to an Anthropic-format
@@ -271,7 +264,7 @@ class CountTokensExchange(_OneShot):
     api: Api = "anthropic"
 
     def start(self, body: dict[str, Any]) -> bytes | BodyCall:
-        backend = _pick(self._gateway, self._gateway.backends[body["model"]])
+        backend = self._gateway.least_busy(self._gateway.backends[body["model"]])
         self.upstream(backend)
         url = backend.count_tokens_url
         if backend.format != "anthropic" or url is None:
@@ -312,7 +305,7 @@ class EmbeddingsExchange(_OneShot):
             raise ApiError(
                 400, f"model {name!r} cannot make embeddings: {detail}", "model"
             )
-        backend = _pick(self._gateway, able)
+        backend = self._gateway.least_busy(able)
         self.upstream(backend)
         if backend.format == "mock" or backend.embeddings_url is None:
             try:
