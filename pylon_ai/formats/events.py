@@ -176,8 +176,6 @@ class RedactedReasoning:
     data: str
 
 
-ReasoningEvent = ReasoningDelta | ReasoningSignature | RedactedReasoning
-
 ModelEvent = (
     MessageStart
     | TextDelta
