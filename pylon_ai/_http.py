@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.abstract import isIPAddress
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.web.client import (
@@ -22,6 +23,8 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.iweb import IAgentEndpointFactory
+
+from pylon_ai._h1 import LeanPool
 
 #: Idle pooled connections are closed after this many seconds: below the idle
 #: timeout of the providers' load balancers, so a pooled connection is not
@@ -59,6 +62,31 @@ class SafePool(HTTPConnectionPool):
     """
 
     _factory = _QuietClientFactory
+
+    def __init__(self, reactor: Any, persistent: bool = True) -> None:
+        super().__init__(reactor, persistent)
+        self._lean: LeanPool | None = None
+
+    @property
+    def lean(self) -> LeanPool:
+        """
+        The lean client's connections (see L{pylon_ai._h1}), kept with this
+        pool's settings and closed with its cached connections.
+        """
+        if self._lean is None:
+            self._lean = LeanPool(
+                self._reactor,
+                persistent=self.persistent,
+                max_idle_per_host=self.maxPersistentPerHost,
+                idle_seconds=self.cachedConnectionTimeout,
+            )
+        return self._lean
+
+    def closeCachedConnections(self) -> Deferred[Any]:
+        closing = super().closeCachedConnections()
+        if self._lean is None:
+            return closing
+        return DeferredList([closing, self._lean.close()])
 
     def _putConnection(self, key: Any, connection: Any) -> None:
         if _closing(connection.transport):

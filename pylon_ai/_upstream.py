@@ -28,7 +28,7 @@ from twisted.internet.error import (
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import Agent, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
@@ -42,6 +42,7 @@ from pylon_ai._errors import (
     Scrubber,
     excerpt,
 )
+from pylon_ai._http import SafePool
 from pylon_ai._json import loads
 from pylon_ai._relay import Relay
 from pylon_ai._sse import (
@@ -387,12 +388,15 @@ class _Call:
             agent = getattr(client, "_agent", client)
             if not isinstance(headers, Headers):
                 headers = Headers({k: [v] for k, v in headers.items()})
-            request = agent.request(
-                b"POST",
-                url if isinstance(url, bytes) else url.encode("ascii"),
-                headers,
-                BytesProducer(body),
-            )
+            target = url if isinstance(url, bytes) else url.encode("ascii")
+            pool = getattr(agent, "_pool", None)
+            if isinstance(pool, SafePool) and type(agent) is Agent:
+                # The library's own client: the lean HTTP/1.1 path.
+                request = pool.lean.request(
+                    agent._endpointFactory, target, headers, body
+                )
+            else:
+                request = agent.request(b"POST", target, headers, BytesProducer(body))
         except Exception:
             self._fail(Failure())
             return self.deferred
@@ -628,7 +632,11 @@ class StreamCall(_Call):
         self._drop_usage = drop_usage
 
     def _read(self, response: IResponse) -> None:
-        ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        raw_header = getattr(response, "raw_header", None)
+        if raw_header is not None:
+            ctype = raw_header(b"content-type") or b""
+        else:
+            ctype = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         if b"event-stream" not in ctype:
             self._body = _ErrorBody(self, lambda body: self._wrong_type(ctype, body))
             response.deliverBody(self._body)

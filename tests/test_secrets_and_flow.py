@@ -230,7 +230,7 @@ class NoDelayTests(TestCase):
         upstream = [
             conn.transport
             for pool in pools.values()
-            for conns in pool._connections.values()
+            for conns in (*pool._connections.values(), *pool.lean._idle.values())
             for conn in conns
         ]
         self.assertEqual([nodelay(t) for t in upstream], [1])
