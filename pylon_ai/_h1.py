@@ -37,10 +37,13 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 
+from pylon_ai._send import send_now
+
 #: The largest response head read (status line and headers).
 MAX_HEAD = 64 * 1024
 #: The longest chunk-size line accepted (with extensions) and trailer line.
 _MAX_CHUNK_LINE = 4096
+_HEX = b"0123456789abcdefABCDEF"
 
 # How a reply's body is framed.
 _LENGTH, _CHUNKED, _UNTIL_CLOSE, _NONE = range(4)
@@ -113,26 +116,32 @@ class LeanResponse:
 
 @implementer(IPushProducer)
 class _BodyTransport:
-    # What a body protocol sees as its transport.
+    # What a body protocol sees as its transport, until its body ended:
+    # then the connection may carry the next request, which a late pause or
+    # stop from this reader must not touch (Twisted's stopProxying).
 
     def __init__(self, connection: H1Connection) -> None:
-        self._connection = connection
+        self._connection: H1Connection | None = connection
+
+    def detach(self) -> None:
+        self._connection = None
 
     def pauseProducing(self) -> None:
-        transport = self._connection.transport
-        if transport is not None:
-            transport.pauseProducing()  # type: ignore[attr-defined]
+        connection = self._connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
-        transport = self._connection.transport
-        if transport is not None:
-            transport.resumeProducing()  # type: ignore[attr-defined]
+        connection = self._connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
-        self._connection.abandon()
+        if self._connection is not None:
+            self._connection.abandon()
 
     def loseConnection(self) -> None:
-        self._connection.abandon()
+        self.stopProducing()
 
 
 def _parse_head(
@@ -177,6 +186,7 @@ class H1Connection(Protocol):
         self._trailers = False
         self._keep = True
         self._body: Protocol | None = None
+        self._body_transport: _BodyTransport | None = None
         self._early: list[bytes] = []
         self._ended: Failure | None = None
         self.idle_timer: IDelayedCall | None = None
@@ -202,6 +212,7 @@ class H1Connection(Protocol):
         self._ended = None
         assert self.transport is not None
         self.transport.write(data)
+        send_now(self.transport)
 
     def usable(self) -> bool:
         """
@@ -247,7 +258,11 @@ class H1Connection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         state = self.state
         if state == _BODY:
-            self._body_bytes(data)
+            if self._ended is None:
+                self._body_bytes(data)
+            else:
+                # Bytes after a reply whose reader has not come yet.
+                self._keep = False
         elif state == _HEAD:
             self._head_bytes(data)
         elif state == _IDLE:
@@ -258,8 +273,9 @@ class H1Connection(Protocol):
         buffer = self._buffer + data if self._buffer else data
         while True:
             end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD:
+            if end < 0 or end > MAX_HEAD:
+                # Whole or not, whatever the reads.
+                if end > MAX_HEAD or len(buffer) > MAX_HEAD:
                     self._fail_head(ProtocolError("the response head is too large"))
                 else:
                     self._buffer = buffer
@@ -367,6 +383,7 @@ class H1Connection(Protocol):
         size = len(buffer)
         pos = 0
         parts: list[bytes] = []
+        error: ProtocolError | None = None
         while pos < size:
             left = self._chunk_left
             if left:
@@ -382,16 +399,16 @@ class H1Connection(Protocol):
                     self._buffer = buffer[pos:]
                     break
                 if buffer[pos : pos + 2] != b"\r\n":
-                    self._body_failed(ProtocolError("a chunk does not end in CRLF"))
-                    return
+                    error = ProtocolError("a chunk does not end in CRLF")
+                    break
                 pos += 2
                 self._after_chunk = False
                 continue
             eol = buffer.find(b"\r\n", pos)
             if eol < 0:
                 if size - pos > _MAX_CHUNK_LINE:
-                    self._body_failed(ProtocolError("a chunk-size line is too long"))
-                    return
+                    error = ProtocolError("a chunk-size line is too long")
+                    break
                 self._buffer = buffer[pos:]
                 break
             line = buffer[pos:eol]
@@ -406,19 +423,21 @@ class H1Connection(Protocol):
                     return
                 continue
             digits = line.split(b";", 1)[0].strip()
-            try:
-                chunk = int(digits, 16)
-            except ValueError:
-                chunk = -1
-            if chunk < 0 or not digits or digits[:1] in b"+-":
-                self._body_failed(ProtocolError(f"bad chunk size {line[:20]!r}"))
-                return
+            # Hex digits only: int() also takes "0x", "_" and signs.
+            if not digits or digits.translate(None, _HEX):
+                error = ProtocolError(f"bad chunk size {line[:20]!r}")
+                break
+            chunk = int(digits, 16)
             if chunk:
                 self._chunk_left = chunk
             else:
                 self._trailers = True
         if parts:
+            # The good chunks before an error are the reader's all the same,
+            # whatever the reads.
             self._give(parts[0] if len(parts) == 1 else b"".join(parts))
+        if error is not None and self.state == _BODY:
+            self._body_failed(error)
 
     def _give(self, data: bytes) -> None:
         body = self._body
@@ -450,18 +469,26 @@ class H1Connection(Protocol):
         reusable = self._keep and self.state == _BODY and ended.check(ResponseDone)
         self.state = _IDLE if reusable else _GONE
         self._body = None
-        body.connectionLost(ended)
+        if self._body_transport is not None:
+            self._body_transport.detach()
+            self._body_transport = None
         if self.state == _IDLE and self.usable():
+            # Its reader may have paused it just as the body ended; and it is
+            # pooled before the reader hears of the end, so that a request
+            # made from there uses it (as in Twisted's client).
+            self.transport.resumeProducing()  # type: ignore[union-attr]
             self._pool.put(self)
-        elif self.state != _IDLE or not self.usable():
+        else:
             self._drop()
+        body.connectionLost(ended)
 
     def deliver(self, protocol: Protocol) -> None:
         """
         See L{LeanResponse.deliverBody}.
         """
         self._body = protocol
-        protocol.makeConnection(_BodyTransport(self))
+        self._body_transport = _BodyTransport(self)
+        protocol.makeConnection(self._body_transport)
         early, self._early = self._early, []
         for data in early:
             if self._body is not protocol:

@@ -17,6 +17,7 @@ from twisted.web.server import Request
 
 from pylon_ai._errors import ProviderError
 from pylon_ai._json import dumps
+from pylon_ai._send import send_now
 from pylon_ai._upstream import BodyTooLarge
 from pylon_ai.formats import chat, messages, responses
 from pylon_ai.formats._frames import sse_frame
@@ -269,9 +270,13 @@ class Exchange:
             self._passed += count
         elif self._api == "openai" and data.endswith(b"[DONE]\n\n"):
             self._saw_done = True
-        if not self._began:
+        if self._began:
+            self._request.write(data)
+        else:
             self._begin()
-        self._request.write(data)
+            self._request.write(data)
+            # The first bytes go out before the rest of the read is done.
+            send_now(self._transport())
 
     def _collect(self, event: TextDelta | ToolCallDelta | ReasoningDelta) -> None:
         self._reply.add(event)
@@ -348,11 +353,18 @@ class Exchange:
         out = self._out
         if not out or self._gone:
             return False
-        if not self._began:
+        first = not self._began
+        if first:
             self._begin()
         self._request.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+        if first:
+            # The first bytes go out before the rest of the read is done.
+            send_now(self._transport())
         return True
+
+    def _transport(self) -> Any:
+        return getattr(getattr(self._request, "channel", None), "transport", None)
 
     def _unregister(self) -> None:
         if self._producer is not None:
@@ -365,6 +377,8 @@ class Exchange:
     def _done(self, _: None) -> None:
         if self._gone:
             return
+        # Taken now: a finished request no longer knows its channel.
+        transport = self._transport()
         if self._stream:
             if self._passthrough:
                 if self._api == "openai" and not self._saw_done:
@@ -390,6 +404,8 @@ class Exchange:
             self._status = 200
             self._set_overhead()
             respond_json(self._request, 200, body)
+        # The reply leaves before the books are kept.
+        send_now(transport)
         self._log()
 
     def _whole_body(self) -> dict[str, Any]:
