@@ -43,17 +43,27 @@ def record_request(
         metrics.tokens.labels(model, "in").inc(usage.input_tokens)
     if usage.output_tokens:
         metrics.tokens.labels(model, "out").inc(usage.output_tokens)
+    latency_ms = latency * 1000
+    ttft_ms = "-" if ttft is None else f"{ttft * 1000:.1f}"
+    overhead_ms = "-" if overhead is None else f"{overhead * 1000:.3f}"
+    # The line is formatted here, once: an observer formatting a format
+    # string of nine fields costs twice as much, on every request.  The
+    # fields stay in the event for observers that keep them (JSON logs).
     log.info(
-        "{route} model={model} provider={provider} status={status} "
-        "latency_ms={latency_ms:.1f} ttft_ms={ttft_ms} overhead_ms={overhead_ms} "
-        "tokens_in={tokens_in} tokens_out={tokens_out}",
+        "{log_line}",
+        log_line=(
+            f"{route} model={model} provider={provider} status={status} "
+            f"latency_ms={latency_ms:.1f} ttft_ms={ttft_ms} "
+            f"overhead_ms={overhead_ms} tokens_in={usage.input_tokens} "
+            f"tokens_out={usage.output_tokens}"
+        ),
         route=route,
         model=model,
         provider=provider,
         status=status,
-        latency_ms=latency * 1000,
-        ttft_ms="-" if ttft is None else f"{ttft * 1000:.1f}",
-        overhead_ms="-" if overhead is None else f"{overhead * 1000:.3f}",
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        overhead_ms=overhead_ms,
         tokens_in=usage.input_tokens,
         tokens_out=usage.output_tokens,
     )

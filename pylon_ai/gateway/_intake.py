@@ -122,9 +122,18 @@ class GatewayChannel(HTTPChannel):
     #: Kept alive, between two requests: the next byte starts a request.
     _between = False
 
+    _host: Any = None
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self._await_headers()
+
+    def getHost(self) -> Any:
+        # Asked by every request; a TCP transport answers with a system
+        # call each time, and a connection's own address does not change.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def dataReceived(self, data: bytes) -> None:
         if self._between:
