@@ -18,7 +18,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from zope.interface import implementer
 
 from twisted.application.internet import StreamServerEndpointService
@@ -27,11 +26,11 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.resource import Resource
 
 from pylon_ai.gateway._config import Config, ConfigError, default_config, load_config
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._server import make_site
-from pylon_ai.gateway._websocket import GatewayWebSocketFactory
 from pylon_ai.gateway._workers import (
     WORKER_FD,
     ParentWatch,
@@ -213,12 +212,19 @@ class GatewayService(MultiService):
         """
         super().__init__()
         self.gateway = gateway
-        self.websockets = GatewayWebSocketFactory(gateway)
-        site = make_site(gateway, WebSocketResource(self.websockets), health=health)
+        self._websocket = _WebSocketRoute(gateway)
+        site = make_site(gateway, self._websocket, health=health)
         # Open WebSockets left the site's books but hold connections too.
-        site.upgraded = lambda: len(self.websockets.open_sockets)
+        site.upgraded = self._websocket.open_count
         self.site = site
         StreamServerEndpointService(endpoint, site).setServiceParent(self)
+
+    @property
+    def websockets(self) -> Any:
+        """
+        The C{GatewayWebSocketFactory} of C{/v1/ws}.
+        """
+        return self._websocket.factory
 
     def stopService(self) -> Any:
         # Stop listening first; then let streams in flight finish for the
@@ -232,10 +238,56 @@ class GatewayService(MultiService):
                 n=len(self.gateway.active),
             )
         d.addBoth(lambda _: self.gateway.drain(grace))
-        d.addBoth(lambda _: self.websockets.close_all())
+        d.addBoth(lambda _: self._websocket.close_all())
         d.addBoth(lambda _: self.site.close_connections(self.gateway.clock))
         d.addBoth(lambda _: self.gateway.close())
         return d
+
+
+class _WebSocketRoute(Resource):
+    """
+    C{/v1/ws}, built on its first request: autobahn and the C validator it
+    loads hold about 20 MiB that a gateway serving only HTTP never needs.
+    """
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+        self._factory: Any = None
+        self._resource: Any = None
+
+    @property
+    def factory(self) -> Any:
+        """
+        The WebSocket factory (built now if it was not yet).
+        """
+        if self._factory is None:
+            from autobahn.twisted.resource import WebSocketResource
+
+            from pylon_ai.gateway._websocket import GatewayWebSocketFactory
+
+            self._factory = GatewayWebSocketFactory(self._gateway)
+            self._resource = WebSocketResource(self._factory)
+        return self._factory
+
+    def render(self, request: Any) -> Any:
+        self.factory  # noqa: B018 (built on first use)
+        return self._resource.render(request)
+
+    def open_count(self) -> int:
+        """
+        The sockets open now.
+        """
+        return 0 if self._factory is None else len(self._factory.open_sockets)
+
+    def close_all(self) -> None:
+        """
+        Close every open socket (the service is stopping).
+        """
+        if self._factory is not None:
+            self._factory.close_all()
 
 
 def _stop_on_sigterm(reactor: Any) -> None:

@@ -283,3 +283,41 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(service.site.upgraded(), 1)
         self.assertEqual(service.site.max_connections, 4096)
         self.assertEqual(service.site.header_timeout, 10.0)
+
+    def test_websocket_side_built_on_first_use(self) -> None:
+        """
+        A gateway that never sees a WebSocket does not import autobahn (about
+        20 MiB of its idle memory); the first request to C{/v1/ws} builds it.
+        """
+        script = (
+            "import socket, sys\n"
+            "from twisted.internet import reactor, threads\n"
+            "from pylon_ai.gateway._config import default_config\n"
+            "from pylon_ai.gateway._gateway import Gateway\n"
+            "from pylon_ai.tap import GatewayService\n"
+            "service = GatewayService(Gateway(default_config(), reactor), object())\n"
+            "before = any(m.startswith('autobahn') for m in sys.modules)\n"
+            "port = reactor.listenTCP(0, service.site, interface='127.0.0.1')\n"
+            "def handshake():\n"
+            "    s = socket.create_connection(('127.0.0.1', port.getHost().port))\n"
+            "    s.sendall(b'GET /v1/ws HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n'\n"
+            "        b'Upgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n"
+            "        b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n'\n"
+            "        b'Sec-WebSocket-Version: 13\\r\\n\\r\\n')\n"
+            "    s.settimeout(10)\n"
+            "    return s.recv(100).split(b' ')[1].decode()\n"
+            "def done(status):\n"
+            "    after = any(m.startswith('autobahn') for m in sys.modules)\n"
+            "    print(before, status, after)\n"
+            "    reactor.stop()\n"
+            "threads.deferToThread(handshake).addCallback(done)\n"
+            "reactor.run()\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
+        self.assertEqual(out, ["False", "101", "True"])
