@@ -190,15 +190,18 @@ async def instances_in_redis(redis: RedisServer) -> int:
     How many gateway processes (instances or workers) have told this Redis
     their in-flight counts: each does every half second while connected.
     """
-    import txredisapi
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-    connection = await txredisapi.Connection(
-        "127.0.0.1", redis.port, reconnect=False, connectTimeout=2
-    )
+    from pylon_ai.gateway._resp import RedisProtocol, encode
+
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", redis.port, timeout=2)
+    connection = await connectProtocol(endpoint, RedisProtocol())
     try:
-        return int(await connection.zcard("pylon:instances"))
+        return int(await connection.command(encode([b"ZCARD", b"pylon:instances"])))
     finally:
-        await connection.disconnect()
+        assert connection.transport is not None
+        connection.transport.loseConnection()
+        await connection.lost
 
 
 class ProcessesTestCase(TestCase):

@@ -25,13 +25,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pylon_ai.gateway._apierrors import ApiError
 from pylon_ai.gateway._config import RedisAddress
+from pylon_ai.gateway._resp import RedisClient, RedisUnavailable
 from pylon_ai.gateway._state import (
     WINDOW,
     Admission,
@@ -94,19 +95,24 @@ return {0, 0}
 """
 )
 
-#: KEYS: leases, tokens.  ARGV: lease id, tokens used.
+#: Per finished request, KEYS: its leases and its tokens; ARGV: its lease
+#: id and the tokens it used.  Requests that end in the same reactor turn
+#: share one call.
 FINISH = (
     _NOW
     + """
-redis.call('ZREM', KEYS[1], ARGV[1])
-local tokens = tonumber(ARGV[2])
-if tokens > 0 then
-  local minute = math.floor(now / 60000)
-  redis.call('HINCRBY', KEYS[2], minute, tokens)
-  redis.call('HDEL', KEYS[2], minute - 2)
-  redis.call('PEXPIRE', KEYS[2], 120000)
+local minute = math.floor(now / 60000)
+for i = 1, #KEYS / 2 do
+  redis.call('ZREM', KEYS[2 * i - 1], ARGV[2 * i - 1])
+  local tokens = tonumber(ARGV[2 * i])
+  if tokens > 0 then
+    local key = KEYS[2 * i]
+    redis.call('HINCRBY', key, minute, tokens)
+    redis.call('HDEL', key, minute - 2)
+    redis.call('PEXPIRE', key, 120000)
+  end
 end
-return 0
+return #KEYS / 2
 """
 )
 
@@ -169,12 +175,6 @@ if n >= tonumber(ARGV[1]) then
 end
 return 0
 """
-
-
-class RedisUnavailable(Exception):
-    """
-    Redis is not connected, or did not answer in time.
-    """
 
 
 def _hashed(text: str) -> str:
@@ -267,12 +267,15 @@ class RedisState:
         self._leases: dict[str, str] = {}
         self._deployments: list[SharedDeployment] = []
         self._warned_at: float | None = None
-        self._factory, self._redis = _connect(clock, address, password)
+        self._redis = _connect(clock, address, password)
         #: Seconds a lease lives unless renewed (renewed every third).
         self.lease_s = LEASE_S
         #: Renewals sent so far.
         self.renewals = 0
         self._renewal: LoopingCall | None = None
+        # Ended requests whose leases and tokens are yet to be written.
+        self._finished: list[tuple[str, str, str, int]] = []
+        self._finishing: IDelayedCall | None = None
         self._poll: LoopingCall | None = None
 
     @property
@@ -280,7 +283,7 @@ class RedisState:
         """
         Whether a connection to Redis is up.
         """
-        return bool(self._factory.size)
+        return self._redis.connected
 
     def key(self, name: str) -> str:
         """
@@ -297,7 +300,7 @@ class RedisState:
         """
         if not self.connected:
             return fail(RedisUnavailable("not connected"))
-        d: Deferred[Any] = self._redis.eval(script, list(keys), list(args))
+        d: Deferred[Any] = self._redis.eval(script, keys, args)
         d.addTimeout(self._timeout, self.clock)
         return d
 
@@ -336,6 +339,8 @@ class RedisState:
                 int(WINDOW * 1000),
             ],
         )
+        # The request waits on this one: it goes out now.
+        self._redis.flush()
         return d.addCallbacks(
             self._admitted,
             self._unavailable,
@@ -380,9 +385,22 @@ class RedisState:
             if self._limits.max_concurrent or (
                 tokens > 0 and self._limits.tokens_per_minute
             ):
-                self.call(FINISH, keys[1:], [lease, tokens]).addErrback(self.trouble)
+                self._finished.append((keys[1], keys[2], lease, tokens))
+                if self._finishing is None:
+                    self._finishing = self.clock.callLater(0, self._finish)
 
         return release
+
+    def _finish(self) -> None:
+        # The requests that ended in one reactor turn, in one round trip.
+        self._finishing = None
+        done, self._finished = self._finished, []
+        keys: list[str] = []
+        args: list[object] = []
+        for leases, tokens_key, lease, tokens in done:
+            keys += (leases, tokens_key)
+            args += (lease, tokens)
+        self.call(FINISH, keys, args).addErrback(self.trouble)
 
     def _unavailable(self, failure: Failure, identity: str) -> Admission:
         self.trouble(failure)
@@ -448,35 +466,21 @@ class RedisState:
         Stop the timers and close the connection.
         """
         self.local.stop()
+        if self._finishing is not None:
+            self._finishing.cancel()
+            self._finish()
         for loop in (self._renewal, self._poll):
             if loop is not None and loop.running:
                 loop.stop()
-        d: Deferred[Any] = self._factory.disconnect()
-        return d.addBoth(lambda _: None)
+        return self._redis.disconnect()
 
 
-def _connect(clock: IReactorTime, address: RedisAddress, password: str) -> Any:
-    # txredisapi imports the global reactor: import it only when Redis is
-    # configured.
-    import txredisapi
-
+def _connect(clock: IReactorTime, address: RedisAddress, password: str) -> RedisClient:
     from twisted.internet import reactor
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
     from twisted.internet.ssl import optionsForClientTLS
 
-    factory = txredisapi.RedisFactory(
-        "pylon",
-        address.db,
-        1,
-        isLazy=True,
-        password=password or None,
-        convertNumbers=True,
-    )
-    # Back within a second of Redis coming back, not ten.
-    factory.initialDelay = 0.1
-    factory.maxDelay = 1.0
     endpoint: Any = HostnameEndpoint(reactor, address.host, address.port, timeout=5)
     if address.tls:
         endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
-    factory.startConnecting(endpoint)
-    return factory, factory.handler
+    return RedisClient(clock, endpoint, password=password or None, db=address.db)
