@@ -1,2 +1,3 @@
 ``twistd pylon-ai --workers N`` (or ``auto``, one per core) runs N worker processes on one listening socket: a worker that dies is restarted, SIGTERM drains them all, ``/metrics`` shows the totals of all workers and ``/healthz`` names the worker that answered.
 ``[server] state = "redis://HOST:PORT/DB"`` shares the per-key limits (with the new ``tokens_per_minute_per_key``), cooldowns and in-flight counts between workers and instances: one round trip per admission, leases that expire, and ``redis_failure = "open"`` (local limits) or ``"closed"`` (503) when Redis is slow or down.
+The gateway talks to Redis with its own small RESP2 client (txredisapi is no longer a dependency): about half the CPU per admission, with the ends of requests batched per event-loop turn.
