@@ -189,7 +189,8 @@ class H1Connection(Protocol):
         self._body_transport: _BodyTransport | None = None
         self._early: list[bytes] = []
         self._ended: Failure | None = None
-        self.idle_timer: IDelayedCall | None = None
+        #: When it went back to the pool (the pool's clock).
+        self.idle_since = 0.0
         self.lost: Deferred[None] | None = None
 
     def connectionMade(self) -> None:
@@ -571,6 +572,7 @@ class LeanPool:
         self._idle_seconds = idle_seconds
         self._idle: dict[tuple[Any, ...], list[H1Connection]] = {}
         self._targets: dict[bytes, _Target] = {}
+        self._sweep: IDelayedCall | None = None
 
     def _target(self, url: bytes) -> _Target:
         target = self._targets.get(url)
@@ -612,7 +614,6 @@ class LeanPool:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            self._stop_idle_timer(connection)
             if connection.usable():
                 return self._send(connection, data)
         return self._connect(endpoints, target, key, data)
@@ -670,32 +671,46 @@ class LeanPool:
             connection.transport.loseConnection()  # type: ignore[union-attr]
             return
         idle.append(connection)
-        connection.idle_timer = self._reactor.callLater(
-            self._idle_seconds, self._expire, connection
-        )
+        connection.idle_since = self._reactor.seconds()
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(self._idle_seconds, self._expire)
 
-    def _expire(self, connection: H1Connection) -> None:
-        connection.idle_timer = None
-        self.forget(connection)
-        if connection.transport is not None:
-            connection.transport.loseConnection()
+    def _expire(self) -> None:
+        # One timer for the whole pool, not one per connection and request:
+        # it closes what has been idle long enough and waits for the next.
+        self._sweep = None
+        now = self._reactor.seconds()
+        due = self._idle_seconds
+        earliest: float | None = None
+        for idle in list(self._idle.values()):
+            for connection in list(idle):
+                if now - connection.idle_since >= due:
+                    self.forget(connection)
+                    if connection.transport is not None:
+                        connection.transport.loseConnection()
+                elif earliest is None or connection.idle_since < earliest:
+                    earliest = connection.idle_since
+        if earliest is not None:
+            self._sweep = self._reactor.callLater(
+                max(earliest + due - now, 0.0), self._expire
+            )
 
-    @staticmethod
-    def _stop_idle_timer(connection: H1Connection) -> None:
-        timer, connection.idle_timer = connection.idle_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+    def _stop_sweep(self) -> None:
+        sweep, self._sweep = self._sweep, None
+        if sweep is not None and sweep.active():
+            sweep.cancel()
 
     def forget(self, connection: H1Connection) -> None:
         """
         A connection closed (or is closing): never hand it out again.
         """
-        self._stop_idle_timer(connection)
         idle = self._idle.get(connection.key)
         if idle and connection in idle:
             idle.remove(connection)
             if not idle:
                 del self._idle[connection.key]
+                if not any(self._idle.values()):
+                    self._stop_sweep()
 
     def close(self) -> Deferred[Any]:
         """
@@ -706,7 +721,6 @@ class LeanPool:
         waits: list[Deferred[None]] = []
         for idle in list(self._idle.values()):
             for connection in list(idle):
-                self._stop_idle_timer(connection)
                 if connection.transport is None:
                     continue
                 lost: Deferred[None] = Deferred()
@@ -714,6 +728,7 @@ class LeanPool:
                 waits.append(lost)
                 connection.transport.loseConnection()
         self._idle.clear()
+        self._stop_sweep()
         if not waits:
             return succeed(None)
         return DeferredList(waits)

@@ -847,10 +847,12 @@ class BodyCall(_Call):
         return None
 
     def _read(self, response: IResponse) -> None:
-        # The timer was set for the request timeout alone: the idle timeout
-        # runs from now on.
-        self._stop_timer()
-        self._timer = self._clock.callLater(self._next_check(), self._check_idle)
+        if not self._idle_while_waiting:
+            # The timer was set for the request timeout alone: the idle
+            # timeout runs from now on.  (Otherwise the running timer
+            # already checks for idleness.)
+            self._stop_timer()
+            self._timer = self._clock.callLater(self._next_check(), self._check_idle)
         self._body = _WholeBody(self, self._max_body)
         response.deliverBody(self._body)
 

@@ -1235,6 +1235,32 @@ class MemoryTests(MemoryTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_one_timer_for_the_pool(self) -> None:
+        """
+        However many connections wait in the pool, one timer watches them
+        (not one per connection and request), and each is closed once it
+        was idle for C{idle_seconds}.
+        """
+        self.pool = LeanPool(self.clock, idle_seconds=30)
+        pending = [self.request() for _ in range(3)]
+        connections = list(self.endpoints.connections)
+        self.assertEqual(len(connections), 3)
+        for d in pending:
+            d.addCallback(lambda response: response.deliverBody(Body()))
+        for i, (connection, _) in enumerate(connections):
+            connection.dataReceived(OK)
+            if i == 0:
+                self.clock.advance(10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(20)  # the first has been idle 30 s
+        self.assertEqual(
+            [t.disconnecting for _, t in connections], [True, False, False]
+        )
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(10)
+        self.assertTrue(all(t.disconnecting for _, t in connections))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_max_idle(self) -> None:
         """
         No more than C{max_idle_per_host} connections wait in the pool.
