@@ -391,7 +391,7 @@ class RedisState:
 
         return release
 
-    def _finish(self) -> None:
+    def _finish(self) -> Deferred[None]:
         # The requests that ended in one reactor turn, in one round trip.
         self._finishing = None
         done, self._finished = self._finished, []
@@ -400,7 +400,7 @@ class RedisState:
         for leases, tokens_key, lease, tokens in done:
             keys += (leases, tokens_key)
             args += (lease, tokens)
-        self.call(FINISH, keys, args).addErrback(self.trouble)
+        return self.call(FINISH, keys, args).addErrback(self.trouble)
 
     def _unavailable(self, failure: Failure, identity: str) -> Admission:
         self.trouble(failure)
@@ -466,12 +466,14 @@ class RedisState:
         Stop the timers and close the connection.
         """
         self.local.stop()
-        if self._finishing is not None:
-            self._finishing.cancel()
-            self._finish()
         for loop in (self._renewal, self._poll):
             if loop is not None and loop.running:
                 loop.stop()
+        if self._finishing is not None:
+            self._finishing.cancel()
+            # Closed once answered (or timed out): closing first would lose
+            # the answer and warn that Redis is unavailable.
+            return self._finish().addBoth(lambda _: self._redis.disconnect())
         return self._redis.disconnect()
 
 

@@ -101,7 +101,7 @@ def parse(buffer: bytes, pos: int) -> tuple[Any, int]:
         return buffer[after : after + size], after + size + 2
     if kind == b"*":
         count = int(line)
-        if count < -5:
+        if count < 0:
             return None, after
         items = []
         for _ in range(count):
@@ -124,6 +124,7 @@ class RedisProtocol(Protocol):
     def __init__(self) -> None:
         self._waiting: deque[Deferred[Any]] = deque()
         self._buffer = b""
+        self._closed = False
         self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -138,7 +139,9 @@ class RedisProtocol(Protocol):
             Cancelling it (a timeout) only forgets the reply.
         """
         d: Deferred[Any] = Deferred()
-        if self.transport is None:
+        if self.transport is None or self._closed:
+            # Nothing would ever answer (a command from the errback of one
+            # that the connection's loss failed would wait for good).
             return fail(RedisUnavailable("not connected"))
         if len(self._waiting) >= MAX_WAITING:
             self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -176,6 +179,7 @@ class RedisProtocol(Protocol):
         self._buffer = buffer[pos:] if pos < len(buffer) else b""
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._closed = True
         waiting, self._waiting = self._waiting, deque()
         for d in waiting:
             if not d.called:
@@ -210,6 +214,8 @@ class RedisClient:
         if db:
             self._hello.append(encode([b"SELECT", db]))
         self._protocol: RedisProtocol | None = None
+        # The connection, ready or still being set up (AUTH, SELECT).
+        self._open: RedisProtocol | None = None
         self._connecting: Deferred[Any] | None = None
         self._retry: IDelayedCall | None = None
         self._delay = 0.1
@@ -237,6 +243,7 @@ class RedisClient:
         if self._stopped:
             protocol.transport.loseConnection()  # type: ignore[union-attr]
             return
+        self._open = protocol
         protocol.lost.addCallback(lambda _: self._lost(protocol))
         if not self._hello:
             self._ready(protocol)
@@ -273,6 +280,8 @@ class RedisClient:
         self._again()
 
     def _lost(self, protocol: RedisProtocol) -> None:
+        if self._open is protocol:
+            self._open = None
         if self._protocol is protocol:
             self._protocol = None
             self.connected = False
@@ -296,7 +305,8 @@ class RedisClient:
         self._retry = None
         if self._connecting is not None:
             self._connecting.cancel()
-        protocol, self._protocol = self._protocol, None
+        # Also a connection still being set up: else it stays open for good.
+        protocol, self._open, self._protocol = self._open, None, None
         self.connected = False
         if protocol is None or protocol.transport is None:
             d: Deferred[None] = Deferred()
