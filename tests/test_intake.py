@@ -648,6 +648,33 @@ class HeaderDeadlineClockTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertNotIn(b"408", self.transport.value())
 
+    def test_one_timer(self) -> None:
+        """
+        Requests on a kept-alive connection set no timer each: one lazy
+        timer watches the connection's deadlines.
+        """
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+        def deadlines() -> list[object]:
+            return [
+                c
+                for c in self.clock.getDelayedCalls()
+                if getattr(c.func, "__name__", "") == "_deadline"
+            ]
+
+        first = deadlines()
+        self.assertEqual(len(first), 1)
+        for _ in range(5):
+            self.clock.advance(1)
+            self.protocol.dataReceived(request)
+        self.assertEqual(deadlines(), first)
+        self.assertEqual(self.transport.value().count(b"200 OK"), 5)
+        # The last request ended at 5 s: the keep-alive wait ends at 35 s.
+        self.clock.advance(29.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_keep_alive_then_trickle(self) -> None:
         """
         The next request's first byte starts the header deadline again.

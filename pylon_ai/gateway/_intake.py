@@ -118,10 +118,15 @@ class GatewayChannel(HTTPChannel):
 
     header_timeout: float | None = None
     keepalive_timeout: float | None = None
-    _header_call: IDelayedCall | None = None
+    #: The clock of the deadlines (the site's reactor).
+    clock: Any = None
+    #: When the wait going on now ends (the clock's seconds), or L{None}.
+    _due: float | None = None
+    # One lazy timer: a new deadline only moves it when it must fire
+    # sooner, so a kept-alive connection's requests set no timer each.
+    _timer: IDelayedCall | None = None
     #: Kept alive, between two requests: the next byte starts a request.
     _between = False
-
     _host: Any = None
 
     def connectionMade(self) -> None:
@@ -150,28 +155,60 @@ class GatewayChannel(HTTPChannel):
             self._stop_waiting()
             self._between = True
             if self.keepalive_timeout:
-                self._header_call = self.callLater(
-                    self.keepalive_timeout, self._too_late
-                )
+                self._wait(self.keepalive_timeout)
         super().requestDone(request)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._stop_waiting()
+        self.handed_over()
         super().connectionLost(reason)
+
+    def handed_over(self) -> None:
+        """
+        The connection is no longer this channel's (closed, or taken over
+        by a WebSocket): no deadline of its runs any more.
+        """
+        self._stop_waiting()
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _await_headers(self) -> None:
         self._stop_waiting()
         if self.header_timeout:
-            self._header_call = self.callLater(self.header_timeout, self._too_late)
+            self._wait(self.header_timeout)
+
+    def _now(self) -> float:
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        return float(clock.seconds())
+
+    def _wait(self, seconds: float) -> None:
+        due = self._now() + seconds
+        self._due = due
+        timer = self._timer
+        if timer is None or not timer.active():
+            self._timer = self.callLater(seconds, self._deadline)
+        elif timer.getTime() > due:
+            timer.reset(seconds)
 
     def _stop_waiting(self) -> None:
         self._between = False
-        call, self._header_call = self._header_call, None
-        if call is not None and call.active():
-            call.cancel()
+        self._due = None
+
+    def _deadline(self) -> None:
+        self._timer = None
+        due = self._due
+        if due is None:
+            return
+        now = self._now()
+        if now < due:
+            self._timer = self.callLater(due - now, self._deadline)
+            return
+        self._due = None
+        self._too_late()
 
     def _too_late(self) -> None:
-        self._header_call = None
         transport = self.transport
         if transport is None:
             return

@@ -788,6 +788,7 @@ class GatewaySite(Site):
         channel = _channel(protocol)
         channel.header_timeout = self.header_timeout
         channel.keepalive_timeout = self.keepalive_timeout
+        channel.clock = self.reactor
         key = id(channel)
         self._connections[key] = protocol
         lost = protocol.connectionLost
@@ -877,6 +878,9 @@ class _HandOver(Resource):
         site = getattr(request, "site", None)
         if request.channel.transport is None and isinstance(site, GatewaySite):
             site.forget(request.channel)
+            handed_over = getattr(request.channel, "handed_over", None)
+            if handed_over is not None:
+                handed_over()
         return result
 
 
