@@ -516,6 +516,26 @@ class ClientConnectionTests(SynchronousTestCase):
         next_call(self.clock)
         self.assertEqual(len(self.endpoint.protocols), 2)
         self.assertEqual(self.changes, [])
+        # Refused again: still the one line (it is retried every second).
+        self.endpoint.protocols[1].dataReceived(
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        )
+        self.assertFalse(client.connected)
+        self.assertEqual(len(log.refused()), 1)
+
+    def test_refused_auth_then_select(self) -> None:
+        """
+        C{AUTH} refused but C{SELECT} accepted: the set-up failed all the
+        same (not only the last answer counts).
+        """
+        log = events(self)
+        client = self.client(password=WRONG_PASSWORD, db=99)
+        self.endpoint.protocols[0].dataReceived(
+            b"-ERR AUTH <password> called without any password configured\r\n+OK\r\n"
+        )
+        self.assertFalse(client.connected)
+        self.assertEqual(len(log.refused()), 1)
+        self.assertIn("without any password", log.text())
 
     def test_back_off(self) -> None:
         """

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -224,6 +224,7 @@ class RedisClient:
         self._shas: dict[str, tuple[bytes, bytes]] = {}
         self._known: set[bytes] = set()
         self.connected = False
+        self._refusal_logged = False
         self._connect()
 
     # -- the connection ---------------------------------------------------
@@ -250,18 +251,20 @@ class RedisClient:
             return
         # AUTH and SELECT first; commands wait until they were answered.
         replies = [protocol.command(hello) for hello in self._hello]
-        replies[-1].addCallbacks(
+        gatherResults(replies, consumeErrors=True).addCallbacks(
             lambda _: self._ready(protocol),
-            lambda f: self._refused(protocol, f),
+            lambda f: self._refused(protocol, f.value.subFailure),
         )
-        for d in replies[:-1]:
-            d.addErrback(lambda f: None)
 
     def _refused(self, protocol: RedisProtocol, failure: Failure) -> None:
-        self.log.warn(
-            "Redis refused the connection's set-up: {error}",
-            error=failure.getErrorMessage(),
-        )
+        # Once until a connection succeeds: a wrong password is retried
+        # every second, and one line says it.
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            self.log.warn(
+                "Redis refused the connection's set-up: {error}",
+                error=failure.getErrorMessage(),
+            )
         if protocol.transport is not None:
             protocol.transport.loseConnection()
 
@@ -270,6 +273,7 @@ class RedisClient:
             return
         self._protocol = protocol
         self._delay = 0.1
+        self._refusal_logged = False
         self._known.clear()  # a Redis that restarted forgot its scripts
         self.connected = True
         if self._on_change is not None:
