@@ -43,3 +43,37 @@ def send_now(transport: Any) -> None:
     ):
         return
     transport.doWrite()
+
+
+def write_through(transport: Any, data: bytes) -> bool:
+    """
+    Write C{data} on a TCP transport that holds nothing unsent: straight to
+    the socket, with no trip through the reactor.
+
+    Twisted's C{write} registers the socket for writability (a system call),
+    waits for the reactor's next turn, sends, and unregisters it (another
+    system call): three system calls and a turn of the loop for each event
+    of a stream.  When nothing is waiting to be sent, the kernel can take
+    the bytes at once; what it does not take is written the usual way.
+
+    @return: Whether C{data} was taken care of; if not, write it as usual.
+    """
+    if (
+        not isinstance(transport, Connection)
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnecting
+        or transport._writeDisconnected
+        or transport.dataBuffer
+        or transport._tempDataBuffer
+    ):
+        return False
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        return False  # the usual write finds the error and closes
+    if sent < len(data):
+        transport.write(data[sent:])
+    return True

@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
 from pylon_ai._http import make_http_client
-from pylon_ai._send import send_now
+from pylon_ai._send import send_now, write_through
 from pylon_ai.testing import FakeReply
 from tests._service import start_service
 
@@ -89,12 +89,55 @@ class SendNowTests(TestCase):
         self.assertEqual(client.recv(100), b"last words")
         self.assertEqual(client.recv(100), b"")
 
+    async def test_write_through(self) -> None:
+        """
+        With nothing waiting to be sent, the bytes go straight to the
+        socket, with no writer registered with the reactor; otherwise the
+        usual write keeps them in order behind what waits.
+        """
+        server, client = await self._pair()
+        transport: Any = server.transport
+        self.assertTrue(write_through(transport, b"one "))
+        self.assertEqual(_peek(client), b"one ")
+        self.assertNotIn(transport, reactor.getWriters())
+        transport.write(b"two ")  # held until the reactor's turn
+        self.assertFalse(write_through(transport, b"three"))
+        transport.write(b"three")
+        client.settimeout(5)
+        received = b""
+        while received != b"one two three":
+            await deferLater(reactor, 0.001, lambda: None)
+            received += _peek(client)[len(received) :]
+        transport.loseConnection()
+        self.assertFalse(write_through(transport, b"late"))
+
+    async def test_write_through_what_the_kernel_refuses(self) -> None:
+        # A full socket buffer: what the kernel does not take is written
+        # the usual way, in order.
+        server, client = await self._pair()
+        transport: Any = server.transport
+        transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 4096  # 1 MiB
+        self.assertTrue(write_through(transport, big))
+        self.assertIn(transport, reactor.getWriters())
+        client.setblocking(False)
+        received = bytearray()
+        while len(received) < len(big):
+            await deferLater(reactor, 0.001, lambda: None)
+            try:
+                received += client.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        self.assertEqual(bytes(received), big)
+
     def test_other_transports(self) -> None:
         # Not TCP (or nothing at all): nothing happens, nothing fails.
         transport = StringTransport()
         transport.write(b"kept")
         send_now(transport)
         send_now(None)
+        self.assertFalse(write_through(transport, b"more"))
+        self.assertFalse(write_through(None, b"more"))
         self.assertEqual(transport.value(), b"kept")
 
 

@@ -13,6 +13,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from pylon_ai._send import write_through
+
 #: The C{Host} names of loopback, served in no-key mode with any port.
 LOOPBACK_HOSTS = frozenset(("localhost", "127.0.0.1", "[::1]"))
 
@@ -132,6 +134,16 @@ class GatewayChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._await_headers()
+
+    def write(self, data: bytes) -> None:
+        # The events of a stream: straight to the socket when nothing is
+        # waiting to be sent (see write_through).
+        if not write_through(self.transport, data):
+            super().write(data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        if not write_through(self.transport, b"".join(iovec)):
+            super().writeSequence(iovec)
 
     def getHost(self) -> Any:
         # Asked by every request; a TCP transport answers with a system
