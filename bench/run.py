@@ -1064,6 +1064,13 @@ def run_target(
     slow_chunks = int(re.match(r"c(\d+)", slow_script).group(1))  # type: ignore[union-attr]
     fast_chunks = 200
 
+    # The memory of a gateway that started and has served nothing yet.
+    if target.proc is not None and target.name != "direct":
+        pids = tree(target.proc.pid)
+        results.setdefault("idle", {})[target.name] = {
+            "rss_idle_mib": round(rss_bytes(pids) / 2**20, 1)
+        }
+
     # Warm up every kind of request this target will see (JITs, pools).
     for kind, script in (
         ("chat_json", "c20-d0"),
@@ -1462,6 +1469,12 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         None if p is None else p <= 0.005,
         f"pylon_ai {p} s",
     )
+    idle = get(results, "idle", "pylon_ai", "rss_idle_mib")
+    add(
+        "issue 11: idle RSS < 60 MiB (started, no request yet)",
+        None if idle is None else idle < 60,
+        f"pylon_ai {idle} MiB",
+    )
     same = get(results, "b_c64", "pylon_ai", "cpu_per_1k_chunks_s")
     cross = get(results, "e_cross_oa", "pylon_ai", "cpu_per_1k_chunks_s")
     r = ratio(cross, same)
@@ -1518,6 +1531,7 @@ ROWS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("c_slow", "c. slow streams: completed", ("ok", "streams"), "{:.0f}"),
     ("c_slow", "c. TTFT p50 / p99 ms", ("ttft_ms.p50", "ttft_ms.p99"), "{:.1f}"),
     ("c_slow", "c. total p50 / p99 ms", ("total_ms.p50", "total_ms.p99"), "{:.0f}"),
+    ("idle", "RSS idle MiB (started, no request yet)", ("rss_idle_mib",), "{:.1f}"),
     (
         "c_slow",
         "c. RSS before / peak MiB",

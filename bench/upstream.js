@@ -291,7 +291,10 @@ server.keepAliveTimeout = 120000;
 server.headersTimeout = 125000;
 server.requestTimeout = 0;
 server.maxRequestsPerSocket = 0;
-server.listen(PORT, HOST, () => {
+// A listen queue as deep as a provider's front end has (Node's default is
+// 511): a gateway opening 1,000 upstream connections at once (scenario c)
+// must not see SYNs dropped and retried a second later.
+server.listen(PORT, HOST, 4096, () => {
   process.stdout.write("upstream listening on " + HOST + ":" + PORT + "\n");
 });
 for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(0));
