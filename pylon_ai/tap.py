@@ -247,7 +247,7 @@ class GatewayService(MultiService):
 class _WebSocketRoute(Resource):
     """
     C{/v1/ws}, built on its first request: autobahn and the C validator it
-    loads hold about 20 MiB that a gateway serving only HTTP never needs.
+    loads hold about 7 MiB that a gateway serving only HTTP never needs.
     """
 
     isLeaf = True

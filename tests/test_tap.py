@@ -287,7 +287,7 @@ class ServiceTests(SynchronousTestCase):
     def test_websocket_side_built_on_first_use(self) -> None:
         """
         A gateway that never sees a WebSocket does not import autobahn (about
-        20 MiB of its idle memory); the first request to C{/v1/ws} builds it.
+        7 MiB of its idle memory); the first request to C{/v1/ws} builds it.
         """
         script = (
             "import socket, sys\n"
