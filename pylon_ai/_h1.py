@@ -37,7 +37,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 
-from pylon_ai._send import send_now
+from pylon_ai._send import send_now, write_through
 
 #: The largest response head read (status line and headers).
 MAX_HEAD = 64 * 1024
@@ -212,8 +212,11 @@ class H1Connection(Protocol):
         self._early = []
         self._ended = None
         assert self.transport is not None
-        self.transport.write(data)
-        send_now(self.transport)
+        # Straight to the socket when it is plain TCP and idle (no writer
+        # registration); else written, and sent before the turn goes on.
+        if not write_through(self.transport, data):
+            self.transport.write(data)
+            send_now(self.transport)
 
     def usable(self) -> bool:
         """
