@@ -78,10 +78,12 @@ Structured output without native support
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from attrs import evolve, field, frozen
 
+from pylon_ai.formats.errors import TranslationError
 from pylon_ai.formats.events import Stop, Usage
 
 JSON = dict[str, Any]
@@ -562,6 +564,35 @@ def forced_tool_choice(choice: ToolChoice | None, own_tools: bool) -> ToolChoice
     if choice is None or choice.mode == "auto":
         return ToolChoice("required")
     return choice
+
+
+def add_output_tool(
+    tools: list[JSON],
+    names: list[str | None],
+    output: OutputFormat,
+    choice: ToolChoice | None,
+    asked_with: str,
+    encode: Callable[[Tool], JSON],
+) -> ToolChoice:
+    """
+    The forced-tool technique on a request's encoded tools: its tool is
+    appended to C{tools}, and the tool choice that forces it is returned.
+
+    @param names: The names of C{tools} (none may be the technique's).
+    @param asked_with: How the client asked for the output format, for
+        the error (e.g. C{"'response_format'"}).
+    @param encode: Encodes a tool in the upstream's format.
+    @raise TranslationError: If a client tool has the technique's name.
+    """
+    if STRUCTURED_OUTPUT_TOOL in names:
+        raise TranslationError(
+            f"A tool may not be named {STRUCTURED_OUTPUT_TOOL!r} with "
+            f"{asked_with} on this model.",
+            "tools",
+        )
+    own = bool(tools)
+    tools.append(encode(structured_output_tool(output)))
+    return forced_tool_choice(choice, own)
 
 
 def structured_output_tool(output: OutputFormat) -> Tool:

@@ -49,17 +49,12 @@ class UnknownModel(LookupError):
 _MAX_TEMPERATURE = {"openai": 2, "anthropic": 1}
 
 
-def _invalid(param: str, text: str) -> TranslationError:
-    # "field: problem", as Anthropic words it: its error shape has no param.
-    return TranslationError(f"{param}: {text}", param)
-
-
 def _positive_int(body: dict[str, Any], key: str) -> None:
     value = body.get(key)
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, int) or value < 1
     ):
-        raise _invalid(key, "must be a positive integer")
+        raise invalid(key, "must be a positive integer")
 
 
 def _number_in(body: dict[str, Any], key: str, high: float) -> None:
@@ -72,7 +67,7 @@ def _number_in(body: dict[str, Any], key: str, high: float) -> None:
         or not isinstance(value, int | float)
         or not 0 <= value <= high
     ):
-        raise _invalid(key, f"must be a number between 0 and {high}")
+        raise invalid(key, f"must be a number between 0 and {high}")
 
 
 def _strings(body: dict[str, Any], key: str, single: bool) -> None:
@@ -81,10 +76,52 @@ def _strings(body: dict[str, Any], key: str, single: bool) -> None:
         return
     if not isinstance(value, list):
         kind = "a string or an array of strings" if single else "an array of strings"
-        raise _invalid(key, f"must be {kind}")
+        raise invalid(key, f"must be {kind}")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise _invalid(f"{key}[{i}]", "must be a string")
+            raise invalid(f"{key}[{i}]", "must be a string")
+
+
+def invalid(param: str, text: str) -> TranslationError:
+    """
+    The error for a bad field: "field: problem", as Anthropic words it (its
+    error shape has no C{param}); C{param} for OpenAI's.
+    """
+    return TranslationError(f"{param}: {text}", param)
+
+
+def check_model(body: Any) -> None:
+    """
+    C{body} is a JSON object with a non-empty C{model} string.
+
+    @raise TranslationError: Naming the bad field.
+    """
+    if not isinstance(body, dict):
+        raise TranslationError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise invalid("model", "Field required")
+    if not isinstance(model, str) or not model:
+        raise invalid("model", "must be a non-empty string")
+
+
+def check_messages(body: dict[str, Any]) -> None:
+    """
+    C{body} has a non-empty list of C{messages}, each an object with a
+    C{role} string.
+
+    @raise TranslationError: Naming the first bad field.
+    """
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid("messages", "Field required")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages", "must be a non-empty array")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid(f"messages[{i}]", "must be an object")
+        if not isinstance(message.get("role"), str):
+            raise invalid(f"messages[{i}].role", "must be a string")
 
 
 def check_request(api: Api, body: Any) -> None:
@@ -100,28 +137,13 @@ def check_request(api: Api, body: Any) -> None:
     @raise TranslationError: Naming the first bad field, as C{param} and at
         the start of the message.
     """
-    if not isinstance(body, dict):
-        raise TranslationError("the request body must be a JSON object")
-    model = body.get("model")
-    if model is None:
-        raise _invalid("model", "Field required")
-    if not isinstance(model, str) or not model:
-        raise _invalid("model", "must be a non-empty string")
-    messages = body.get("messages")
-    if messages is None:
-        raise _invalid("messages", "Field required")
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("messages", "must be a non-empty array")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _invalid(f"messages[{i}]", "must be an object")
-        if not isinstance(message.get("role"), str):
-            raise _invalid(f"messages[{i}].role", "must be a string")
+    check_model(body)
+    check_messages(body)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _invalid("stream", "must be a boolean")
+        raise invalid("stream", "must be a boolean")
     if api == "anthropic" and body.get("max_tokens") is None:
-        raise _invalid("max_tokens", "Field required")
+        raise invalid("max_tokens", "Field required")
     _positive_int(body, "max_tokens")
     _number_in(body, "temperature", _MAX_TEMPERATURE[api])
     _number_in(body, "top_p", 1)
@@ -131,7 +153,7 @@ def check_request(api: Api, body: Any) -> None:
         _strings(body, "stop", single=True)
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
-            raise _invalid("stream_options", "must be an object")
+            raise invalid("stream_options", "must be an object")
     else:
         _strings(body, "stop_sequences", single=False)
 
@@ -145,19 +167,13 @@ def check_responses_request(body: Any) -> None:
     @param body: The decoded request body; it is not changed.
     @raise TranslationError: Naming the first bad field.
     """
-    if not isinstance(body, dict):
-        raise TranslationError("the request body must be a JSON object")
-    model = body.get("model")
-    if model is None:
-        raise _invalid("model", "Field required")
-    if not isinstance(model, str) or not model:
-        raise _invalid("model", "must be a non-empty string")
+    check_model(body)
     value = body.get("input")
     if value is not None and not isinstance(value, str | list):
-        raise _invalid("input", "must be a string or an array of items")
+        raise invalid("input", "must be a string or an array of items")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _invalid("stream", "must be a boolean")
+        raise invalid("stream", "must be a boolean")
     _positive_int(body, "max_output_tokens")
     _number_in(body, "temperature", 2)
     _number_in(body, "top_p", 1)

@@ -21,7 +21,14 @@ from twisted.logger import Logger
 
 from pylon_ai.gateway._apierrors import ApiError
 from pylon_ai.gateway._config import ServerConfig
-from pylon_ai.gateway._state import WINDOW, Admission, KeyLimits, MemoryState, Release
+from pylon_ai.gateway._state import (
+    WINDOW,
+    Admission,
+    KeyLimits,
+    MemoryState,
+    Release,
+    once,
+)
 
 if TYPE_CHECKING:
     from pylon_ai.gateway._backends import Backend
@@ -116,17 +123,12 @@ class Limits:
         if isinstance(admission, ApiError):
             self.in_flight -= 1
             return admission
-        released = False
 
-        def release(tokens: int = 0) -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
+        def release(tokens: int) -> None:
             self.in_flight -= 1
             admission(tokens)
 
-        return release
+        return once(release)
 
     def share(self, backends: Mapping[str, Sequence[Backend]]) -> None:
         """

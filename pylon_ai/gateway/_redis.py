@@ -38,7 +38,10 @@ from pylon_ai.gateway._state import (
     Admission,
     KeyLimits,
     MemoryState,
-    retry_after,
+    once,
+    over_requests,
+    over_tokens,
+    too_many_in_flight,
 )
 
 if TYPE_CHECKING:
@@ -351,36 +354,19 @@ class RedisState:
     def _admitted(self, reply: Any, keys: list[str], lease: str) -> Admission:
         verdict, wait = int(reply[0]), int(reply[1])
         if verdict == 2:
-            return ApiError(
-                429, "too many requests in flight for this key", retry_after="1"
-            )
+            return too_many_in_flight()
         if verdict == 3:
-            return ApiError(
-                429,
-                f"more than {self._limits.tokens_per_minute} tokens per minute "
-                "for this key",
-                retry_after=retry_after(wait / 1000),
-            )
+            return over_tokens(self._limits.tokens_per_minute, wait / 1000)
         if verdict == 1:
-            return ApiError(
-                429,
-                f"more than {self._limits.requests_per_minute} requests per minute "
-                "for this key",
-                retry_after=retry_after(wait / 1000),
-            )
+            return over_requests(self._limits.requests_per_minute, wait / 1000)
         if self._limits.max_concurrent:
             self._leases[lease] = keys[1]
             if self._renewal is None:
                 self._renewal = LoopingCall(self._renew)
                 self._renewal.clock = self.clock
                 self._renewal.start(self.lease_s / 3, now=False)
-        released = False
 
-        def release(tokens: int = 0) -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
+        def release(tokens: int) -> None:
             self._leases.pop(lease, None)
             if self._limits.max_concurrent or (
                 tokens > 0 and self._limits.tokens_per_minute
@@ -389,7 +375,7 @@ class RedisState:
                 if self._finishing is None:
                     self._finishing = self.clock.callLater(0, self._finish)
 
-        return release
+        return once(release)
 
     def _finish(self) -> Deferred[None]:
         # The requests that ended in one reactor turn, in one round trip.

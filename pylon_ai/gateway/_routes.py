@@ -24,13 +24,18 @@ from pylon_ai._errors import ProviderError
 from pylon_ai._json import dumps, loads
 from pylon_ai._upstream import BodyCall
 from pylon_ai.formats._tokens import estimate_tokens
-from pylon_ai.formats.errors import TranslationError
 from pylon_ai.formats.events import Usage
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._backends import Backend, Forwarded
 from pylon_ai.gateway._exchange import respond_error
-from pylon_ai.gateway._gateway import Api, Gateway
+from pylon_ai.gateway._gateway import (
+    Api,
+    Gateway,
+    check_messages,
+    check_model,
+    invalid,
+)
 from pylon_ai.gateway._mock import EmbeddingRequestError, mock_embeddings
 from pylon_ai.gateway._state import usage_tokens
 
@@ -57,20 +62,6 @@ def model_entry(name: str, anthropic: bool) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": _CREATED, "owned_by": "pylon_ai"}
 
 
-def _invalid(param: str, text: str) -> TranslationError:
-    return TranslationError(f"{param}: {text}", param)
-
-
-def _check_model(body: Any) -> None:
-    if not isinstance(body, dict):
-        raise TranslationError("the request body must be a JSON object")
-    model = body.get("model")
-    if model is None:
-        raise _invalid("model", "Field required")
-    if not isinstance(model, str) or not model:
-        raise _invalid("model", "must be a non-empty string")
-
-
 def check_count_tokens(body: Any) -> None:
     """
     The checks of a C{count_tokens} body before it goes anywhere: a model
@@ -79,17 +70,8 @@ def check_count_tokens(body: Any) -> None:
 
     @raise TranslationError: Naming the first bad field.
     """
-    _check_model(body)
-    messages = body.get("messages")
-    if messages is None:
-        raise _invalid("messages", "Field required")
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("messages", "must be a non-empty array")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _invalid(f"messages[{i}]", "must be an object")
-        if not isinstance(message.get("role"), str):
-            raise _invalid(f"messages[{i}].role", "must be a string")
+    check_model(body)
+    check_messages(body)
 
 
 def check_embeddings(body: Any) -> None:
@@ -99,9 +81,9 @@ def check_embeddings(body: Any) -> None:
 
     @raise TranslationError: Naming the first bad field.
     """
-    _check_model(body)
+    check_model(body)
     if body.get("input") is None:
-        raise _invalid("input", "Field required")
+        raise invalid("input", "Field required")
 
 
 class _OneShot:

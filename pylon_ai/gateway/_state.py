@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Protocol
 
 from attrs import frozen
@@ -152,6 +153,51 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+def once(release: Callable[[int], object]) -> Release:
+    """
+    A L{Release} that calls C{release} with the tokens the first time it is
+    called, and does nothing after.
+    """
+    released = False
+
+    def release_once(tokens: int = 0) -> None:
+        nonlocal released
+        if not released:
+            released = True
+            release(tokens)
+
+    return release_once
+
+
+def too_many_in_flight() -> ApiError:
+    """
+    The 429 for a key at its C{max_concurrent_per_key}.
+    """
+    return ApiError(429, "too many requests in flight for this key", retry_after="1")
+
+
+def over_tokens(limit: int, wait: float) -> ApiError:
+    """
+    The 429 for a key past its tokens per minute; C{wait} in seconds.
+    """
+    return ApiError(
+        429,
+        f"more than {limit} tokens per minute for this key",
+        retry_after=retry_after(wait),
+    )
+
+
+def over_requests(limit: int, wait: float) -> ApiError:
+    """
+    The 429 for a key past its requests per minute; C{wait} in seconds.
+    """
+    return ApiError(
+        429,
+        f"more than {limit} requests per minute for this key",
+        retry_after=retry_after(wait),
+    )
+
+
 class MemoryState:
     """
     The per-key counts of this process alone: with several workers or
@@ -182,36 +228,19 @@ class MemoryState:
             limits.max_concurrent
             and self._per_key.get(identity, 0) >= limits.max_concurrent
         ):
-            return ApiError(
-                429, "too many requests in flight for this key", retry_after="1"
-            )
+            return too_many_in_flight()
         if limits.tokens_per_minute:
             used, wait = self._tokens.total(identity)
             if used >= limits.tokens_per_minute:
-                return ApiError(
-                    429,
-                    f"more than {limits.tokens_per_minute} tokens per minute "
-                    "for this key",
-                    retry_after=retry_after(wait),
-                )
+                return over_tokens(limits.tokens_per_minute, wait)
         if limits.requests_per_minute:
             count, wait = self._requests.total(identity)
             if count >= limits.requests_per_minute:
-                return ApiError(
-                    429,
-                    f"more than {limits.requests_per_minute} requests per minute "
-                    "for this key",
-                    retry_after=retry_after(wait),
-                )
+                return over_requests(limits.requests_per_minute, wait)
             self._requests.add(identity, 1)
         self._per_key[identity] = self._per_key.get(identity, 0) + 1
-        released = False
 
-        def release(tokens: int = 0) -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
+        def release(tokens: int) -> None:
             left = self._per_key[identity] - 1
             if left:
                 self._per_key[identity] = left
@@ -220,7 +249,7 @@ class MemoryState:
             if tokens > 0 and limits.tokens_per_minute:
                 self._tokens.add(identity, tokens)
 
-        return release
+        return once(release)
 
     def stop(self) -> None:
         """

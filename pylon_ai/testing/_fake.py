@@ -485,7 +485,11 @@ class _Exchange:
             )
         if reply.thinking and self.format != "responses":
             self._add_thinking(body)
-        data = dumps(body)
+        self._send_whole(dumps(body))
+
+    def _send_whole(self, data: bytes) -> None:
+        # A whole body, cut or stalled as the reply says.
+        reply = self.reply
         if reply.drop_after is not None:
             self.request.write(data[: len(data) // 2])
             self._abort()
@@ -544,16 +548,7 @@ class _Exchange:
             body = {"input_tokens": count}
         else:
             body = self._embeddings()
-        data = dumps(body)
-        if reply.drop_after is not None:
-            self.request.write(data[: len(data) // 2])
-            self._abort()
-        elif reply.stall_after is not None:
-            self.request.write(b"")
-            self._over = True
-        else:
-            self.request.write(data)
-            self._finish()
+        self._send_whole(dumps(body))
 
     def _embeddings(self) -> dict[str, Any]:
         reply, asked = self.reply, self.recorded.json

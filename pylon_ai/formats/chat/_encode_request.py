@@ -14,7 +14,6 @@ from pylon_ai.formats._check import (
 )
 from pylon_ai.formats.canonical import (
     JSON,
-    STRUCTURED_OUTPUT_TOOL,
     CanonicalRequest,
     DocumentPart,
     HostedTool,
@@ -28,8 +27,7 @@ from pylon_ai.formats.canonical import (
     Tool,
     ToolCallPart,
     ToolResultPart,
-    forced_tool_choice,
-    structured_output_tool,
+    add_output_tool,
 )
 from pylon_ai.formats.chat._decode_request import API, FORMAT, TOOL_ERROR_PREFIX
 from pylon_ai.formats.errors import TranslationError
@@ -157,17 +155,10 @@ def _encode_tools(req: CanonicalRequest, out: JSON, native: bool) -> None:
     forced = uses_forced_tool(req, native_structured_output=native)
     if forced:
         assert req.output_format is not None
-        if any(
-            t.get("function", {}).get("name") == STRUCTURED_OUTPUT_TOOL for t in tools
-        ):
-            raise TranslationError(
-                f"A tool may not be named {STRUCTURED_OUTPUT_TOOL!r} with "
-                "'response_format' on this model.",
-                "tools",
-            )
-        own = bool(tools)
-        tools.append(_function(structured_output_tool(req.output_format)))
-        choice = forced_tool_choice(choice, own)
+        names = [t.get("function", {}).get("name") for t in tools]
+        choice = add_output_tool(
+            tools, names, req.output_format, choice, "'response_format'", _function
+        )
     if not tools:
         return
     out["tools"] = tools

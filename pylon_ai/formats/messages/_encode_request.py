@@ -12,7 +12,6 @@ from pylon_ai.formats._check import (
 from pylon_ai.formats.canonical import (
     JSON,
     MIN_BUDGET,
-    STRUCTURED_OUTPUT_TOOL,
     CanonicalRequest,
     DocumentPart,
     HostedTool,
@@ -26,9 +25,8 @@ from pylon_ai.formats.canonical import (
     Tool,
     ToolCallPart,
     ToolResultPart,
+    add_output_tool,
     budget_for_effort,
-    forced_tool_choice,
-    structured_output_tool,
 )
 from pylon_ai.formats.errors import TranslationError
 from pylon_ai.formats.messages._decode_request import API, EFFORT_NEAREST, FORMAT
@@ -144,15 +142,15 @@ def _encode_tools(req: CanonicalRequest, out: JSON, native: bool) -> bool:
     forced_output = uses_forced_tool(req, native_structured_output=native)
     if forced_output:
         assert output is not None
-        if any(t.get("name") == STRUCTURED_OUTPUT_TOOL for t in tools):
-            raise TranslationError(
-                f"A tool may not be named {STRUCTURED_OUTPUT_TOOL!r} with a "
-                "structured output format on this model.",
-                "tools",
-            )
-        own = bool(tools)
-        tools.append(_tool(structured_output_tool(output), False))
-        choice = forced_tool_choice(choice, own)
+        names = [t.get("name") for t in tools]
+        choice = add_output_tool(
+            tools,
+            names,
+            output,
+            choice,
+            "a structured output format",
+            lambda tool: _tool(tool, False),
+        )
     serial = req.parallel_tool_calls is False
     encoded: JSON | None
     if choice is None:

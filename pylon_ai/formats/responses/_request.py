@@ -56,7 +56,6 @@ from pylon_ai.formats._check import (
 from pylon_ai.formats.canonical import (
     EFFORTS,
     JSON,
-    STRUCTURED_OUTPUT_TOOL,
     CanonicalRequest,
     DocumentPart,
     Effort,
@@ -73,8 +72,7 @@ from pylon_ai.formats.canonical import (
     ToolCallPart,
     ToolChoice,
     ToolResultPart,
-    forced_tool_choice,
-    structured_output_tool,
+    add_output_tool,
 )
 from pylon_ai.formats.errors import TranslationError
 from pylon_ai.formats.responses._thinking import unpack_thinking
@@ -638,15 +636,10 @@ def _encode_tools(req: CanonicalRequest, out: JSON, native: bool) -> None:
             tools.append(_function(tool))
     choice = req.tool_choice
     if not native and req.output_format is not None:
-        if any(t.get("name") == STRUCTURED_OUTPUT_TOOL for t in tools):
-            raise TranslationError(
-                f"A tool may not be named {STRUCTURED_OUTPUT_TOOL!r} with "
-                "'text.format' on this model.",
-                "tools",
-            )
-        own = bool(tools)
-        tools.append(_function(structured_output_tool(req.output_format)))
-        choice = forced_tool_choice(choice, own)
+        names = [t.get("name") for t in tools]
+        choice = add_output_tool(
+            tools, names, req.output_format, choice, "'text.format'", _function
+        )
     if not tools:
         return
     out["tools"] = tools
