@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -38,8 +37,10 @@ from pylon_ai.gateway._limits import Limits
 from pylon_ai.gateway._redis import RedisState
 
 try:
+    from tests._processes import free_port
     from tests._service import CLIENT_KEY, Service, start_service
 except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
+    from _processes import free_port  # type: ignore[no-redef]
     from _service import CLIENT_KEY, Service, start_service  # type: ignore[no-redef]
 
 REDIS = shutil.which("redis-server")
@@ -52,12 +53,6 @@ HEADERS = {
 BODY = json.dumps(
     {"model": "mock", "messages": [{"role": "user", "content": "hi there"}]}
 ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer(ProcessProtocol):

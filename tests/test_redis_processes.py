@@ -44,13 +44,13 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-import pylon_ai
-
 try:
+    from tests._processes import gateway_command
     from tests.test_redis import RedisServer, free_port, until
     from tests.test_workers import Gateway as GatewayProcess
     from tests.test_workers import _alive, _resume
 except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
+    from _processes import gateway_command  # type: ignore[no-redef]
     from test_redis import RedisServer, free_port, until  # type: ignore[no-redef]
     from test_workers import Gateway as GatewayProcess  # type: ignore[no-redef]
     from test_workers import _alive, _resume  # type: ignore[no-redef]
@@ -262,27 +262,7 @@ class ProcessesTestCase(TestCase):
             + '\n\n[[models]]\nname = "mock"\nprovider = "mock"\n'
         )
         port = free_port()
-        env = dict(os.environ)
-        package_parent = str(Path(pylon_ai.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_parent, env.get("PYTHONPATH")) if p
-        )
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        args = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "--logfile=-",
-            "pylon-ai",
-            "--config",
-            str(config),
-            "--port",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--workers",
-            str(workers),
-        ]
+        args, env = gateway_command(config, port, "--workers", str(workers))
         process = GatewayProcess()
         reactor.spawnProcess(process, sys.executable, args, env=env, path=str(work))
         self.addCleanup(self.stop, process)

@@ -11,9 +11,7 @@ event, then exit 0.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -36,12 +34,13 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-import pylon_ai
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:
+    from tests._processes import free_port, gateway_command
     from tests._service import RawClient, http_request, sse_data
 except ImportError:  # pragma: no cover - run from inside tests/
+    from _processes import free_port, gateway_command  # type: ignore[no-redef]
     from _service import RawClient, http_request, sse_data  # type: ignore[no-redef]
 
 T = TypeVar("T")
@@ -103,13 +102,6 @@ class GatewayProcess(ProcessProtocol):
         """
         assert self.transport is not None
         self.transport.signalProcess("TERM")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _body(raw: bytes) -> bytes:
@@ -254,25 +246,8 @@ class ShutdownTests(TestCase):
         self.addCleanup(shutil.rmtree, work, True)
         config = work / "pylon.toml"
         config.write_text(_config(self.fake.base_url, grace))
-        self.port = _free_port()
-        package_parent = str(Path(pylon_ai.__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_parent, env.get("PYTHONPATH")) if p
-        )
-        args = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "--logfile=-",
-            "pylon-ai",
-            "--config",
-            str(config),
-            "--port",
-            f"tcp:{self.port}:interface=127.0.0.1",
-        ]
+        self.port = free_port()
+        args, env = gateway_command(config, self.port)
         gateway = GatewayProcess()
         self.gateway = gateway
         reactor.spawnProcess(gateway, sys.executable, args, env=env, path=str(work))

@@ -40,7 +40,6 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-import pylon_ai
 from pylon_ai.gateway._workers import (
     Backoff,
     SharedSocket,
@@ -51,8 +50,10 @@ from pylon_ai.tap import Options
 from pylon_ai.testing import FakeProvider, FakeReply
 
 try:
+    from tests._processes import free_port, gateway_command
     from tests._service import RawClient, http_request
 except ImportError:  # pragma: no cover - run from inside tests/
+    from _processes import free_port, gateway_command  # type: ignore[no-redef]
     from _service import RawClient, http_request  # type: ignore[no-redef]
 
 T = TypeVar("T")
@@ -374,13 +375,6 @@ class Gateway(ProcessProtocol):
         self.transport.signalProcess(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -495,28 +489,8 @@ class WorkersTests(TestCase):
             f'base_url = {json.dumps(self.fake.base_url)}\napi_key = ""\n\n'
             '[[models]]\nname = "mock"\nprovider = "mock"\n'
         )
-        self.port = _free_port()
-        env = dict(os.environ)
-        package_parent = str(Path(pylon_ai.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_parent, env.get("PYTHONPATH")) if p
-        )
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        args = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "--logfile=-",
-            "pylon-ai",
-            "--config",
-            str(config),
-            "--port",
-            f"tcp:{self.port}:interface=127.0.0.1",
-            "--workers",
-            "2",
-        ]
+        self.port = free_port()
+        args, env = gateway_command(config, self.port, "--workers", "2")
         gateway = Gateway()
         self.gateway = gateway
         reactor.spawnProcess(gateway, sys.executable, args, env=env, path=str(work))
