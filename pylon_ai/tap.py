@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 
+from pylon_ai.gateway._collector import tune_collector
 from pylon_ai.gateway._config import Config, ConfigError, default_config, load_config
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._server import make_site
@@ -317,6 +318,7 @@ def makeService(options: Options) -> IService:
     reactor.callWhenRunning(_stop_on_sigterm, reactor)
     if options["workers"] > 1:
         return _supervisor(options, reactor)
+    reactor.callWhenRunning(tune_collector)
 
     endpoint = serverFromString(reactor, options["endpoint"])
     gateway = Gateway(options.config, reactor)
@@ -395,6 +397,7 @@ class _WorkerMaker:
         from twisted.internet import reactor
 
         reactor.callWhenRunning(_stop_on_sigterm, reactor)
+        reactor.callWhenRunning(tune_collector)
         endpoint = AdoptedStreamServerEndpoint(
             reactor, WORKER_FD, adopted_family(WORKER_FD)
         )

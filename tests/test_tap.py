@@ -321,3 +321,48 @@ class ServiceTests(SynchronousTestCase):
             check=True,
         ).stdout.split()
         self.assertEqual(out, ["False", "101", "True"])
+
+
+class CollectorTests(TestCase):
+    """
+    The service freezes what start-up made and spaces the collector's
+    passes out (see L{pylon_ai.gateway._collector}); importing the library
+    changes nothing.
+    """
+
+    timeout = 60
+
+    def _collector_after(self, make: str) -> list[str]:
+        # A fresh interpreter: what the service does to the collector must
+        # not reach the test run's own.
+        script = (
+            "import gc\n"
+            "from twisted.internet import reactor\n"
+            "from pylon_ai.tap import Options, _WorkerMaker, makeService\n"
+            "before = gc.get_threshold(), gc.get_freeze_count()\n"
+            "options = Options()\n"
+            "options.parseOptions(['--port', 'tcp:0:interface=127.0.0.1'])\n"
+            f"{make}\n"
+            "def report():\n"
+            "    print(*before[0], before[1])\n"
+            "    print(*gc.get_threshold(), gc.get_freeze_count() > 1000)\n"
+            "    reactor.stop()\n"
+            "reactor.callWhenRunning(report)\n"
+            "reactor.run()\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
+
+    def test_service(self) -> None:
+        out = self._collector_after("makeService(options)")
+        self.assertEqual(out[:4], ["700", "10", "10", "0"])
+        self.assertEqual(out[4:], ["20000", "20", "20", "True"])
+
+    def test_library_import_alone(self) -> None:
+        out = self._collector_after("")
+        self.assertEqual(out, ["700", "10", "10", "0", "700", "10", "10", "False"])
