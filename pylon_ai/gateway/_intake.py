@@ -6,6 +6,7 @@ headers, and the answer past the cap on open connections.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -102,6 +103,71 @@ TOO_MANY_CONNECTIONS = _plain_response(
 )
 
 
+# RFC 9110 token characters: a method, a header's name.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What Twisted accepts as a request target: printable, no space.
+_TARGET = re.compile(rb"[\x21-\xb0]+")
+# Not in a header's value (RFC 9110 section 5.5).
+_NOT_IN_VALUE = re.compile(rb"[\x00\r\n]")
+# Headers the plain path leaves to Twisted's parser: other framings, and
+# what asks for an interim answer.
+_NOT_PLAIN = frozenset((b"transfer-encoding", b"expect"))
+
+#: A request as L{split_request} finds it: method, target, headers (name,
+#: value) in order, body.
+Whole = tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]
+
+
+def split_request(data: bytes, max_head: int = 16384) -> Whole | None:
+    """
+    Split C{data} when it is exactly one plain HTTP/1.1 request: the request
+    line, header lines each C{name: value} (no folded lines, no
+    C{Transfer-Encoding} or C{Expect}), at most one C{Content-Length}, and
+    a body of just that length.
+
+    What a client sends in one write nearly always is; anything else (a
+    part, two pipelined requests, a chunked body, anything malformed) gives
+    L{None} and is left to Twisted's parser, which answers the malformed.
+
+    @param max_head: The longest request line and headers taken.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > max_head:
+        return None
+    lines = data[:end].split(b"\r\n")
+    first = lines[0].split(b" ")
+    if len(first) != 3:
+        return None
+    method, target, version = first
+    if (
+        version != b"HTTP/1.1"
+        or not _TOKEN.fullmatch(method)
+        or not _TARGET.fullmatch(target)
+    ):
+        return None
+    headers = []
+    length = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return None
+        value = value.strip(b" \t")
+        if _NOT_IN_VALUE.search(value):
+            return None
+        lower = name.lower()
+        if lower == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif lower in _NOT_PLAIN:
+            return None
+        headers.append((name, value))
+    body = data[end + 4 :]
+    if len(body) != (length or 0):
+        return None
+    return method, target, headers, body
+
+
 class GatewayChannel(HTTPChannel):
     """
     An C{HTTPChannel} that gives a client C{header_timeout} seconds to send
@@ -130,6 +196,9 @@ class GatewayChannel(HTTPChannel):
     #: Kept alive, between two requests: the next byte starts a request.
     _between = False
     _host: Any = None
+    # HTTPChannel's own (name-mangled there): 1 while waiting for the
+    # request line of the next request.
+    _HTTPChannel__first_line: int
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -155,7 +224,48 @@ class GatewayChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._between:
             self._await_headers()
+        if (
+            self._HTTPChannel__first_line == 1
+            and self.line_mode
+            and not self._buffer
+            and not self._handlingRequest
+            and self.persistent
+        ):
+            # Between requests, nothing of the next one read yet: a whole
+            # plain request (what a client nearly always sends) is taken in
+            # one pass rather than line by line.
+            whole = split_request(data, self.totalHeadersSize)
+            if whole is not None and len(whole[2]) <= self.maxHeaders:
+                self.resetTimeout()
+                self._whole_request(*whole)
+                return
         super().dataReceived(data)
+
+    def _whole_request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        # What HTTPChannel's lineReceived, headerReceived, allHeadersReceived
+        # and allContentReceived do for such a request, in that order.
+        request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in headers:
+            add(name, value)
+        self._stop_waiting()
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, b"HTTP/1.1")
+        request.gotLength(len(body))
+        if body:
+            request.handleContentChunk(body)
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.setRawMode()
+        request.requestReceived(method, target, b"HTTP/1.1")
 
     def allHeadersReceived(self) -> None:
         self._stop_waiting()
