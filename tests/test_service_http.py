@@ -21,7 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from pylon_ai.formats.chat import OpenAIStreamEncoder
 from pylon_ai.formats.messages import AnthropicStreamEncoder
-from pylon_ai.testing import FakeReply, _fake
+from pylon_ai.testing import FakeReply, _exchange
 
 try:
     from tests._service import (
@@ -636,8 +636,8 @@ def recording_encoders(case: TestCase) -> list[bytes]:
 
         return Recording
 
-    case.patch(_fake, "OpenAIStreamEncoder", recording(OpenAIStreamEncoder))
-    case.patch(_fake, "AnthropicStreamEncoder", recording(AnthropicStreamEncoder))
+    case.patch(_exchange, "OpenAIStreamEncoder", recording(OpenAIStreamEncoder))
+    case.patch(_exchange, "AnthropicStreamEncoder", recording(AnthropicStreamEncoder))
     return sent
 
 

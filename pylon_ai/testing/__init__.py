@@ -85,12 +85,8 @@ Each reply takes the fields of L{FakeReply} (all optional)::
   embeddings        list of vectors (lists of numbers) embeddings answer
 """
 
-from pylon_ai.testing._fake import (
-    FakeProvider,
-    FakeReply,
-    FakeToolCall,
-    RecordedRequest,
-)
+from pylon_ai.testing._fake import FakeProvider
+from pylon_ai.testing._reply import FakeReply, FakeToolCall, RecordedRequest
 from pylon_ai.testing._script import FakeScript, ScriptError
 
 __all__ = [

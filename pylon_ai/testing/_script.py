@@ -1,5 +1,5 @@
 """
-Scripts for the fake provider: the replies of L{pylon_ai.testing._fake.FakeReply}
+Scripts for the fake provider: the replies of L{pylon_ai.testing._reply.FakeReply}
 written as JSON, for C{python -m pylon_ai.testing --script FILE} (and for
 tests that keep their replies in a file).
 
@@ -17,7 +17,7 @@ from attrs import frozen
 
 from pylon_ai._json import loads
 from pylon_ai.formats.events import StopReason
-from pylon_ai.testing._fake import FakeReply, FakeToolCall
+from pylon_ai.testing._reply import FakeReply, FakeToolCall
 
 if TYPE_CHECKING:
     from pylon_ai.testing._fake import FakeProvider
