@@ -618,9 +618,36 @@ class GatewayPassThroughTests(TestCase):
         self.assertEqual(code, 200)
         self.assertTrue(content.startswith(b"".join(frames[:3])))
         tail = content[len(b"".join(frames[:3])) :]
-        # The gateway's own error event, in the client's format (as before
-        # this change; the upstream's excerpt stays in the log and metrics).
+        # The gateway's own error event, in the client's format, with what
+        # the provider said (not "the stream broke off").
         self.assertTrue(tail.startswith(b'data: {"error":'), tail)
         self.assertTrue(tail.endswith(b"\n\n"))
+        error_body = json.loads(tail[len(b"data: ") :])["error"]
+        self.assertEqual(
+            error_body["message"],
+            "the upstream provider reported an error: overloaded",
+        )
         self.assertIsNone(self.requests(service, "openai", "200"))
         self.assertEqual(self.requests(service, "openai", "502"), 1.0)
+
+    async def test_error_mid_stream_anthropic(self) -> None:
+        """
+        The same on the Anthropic route: an C{event: error} with the
+        provider's message follows the content.
+        """
+        frames = anthropic_stream(3)
+        error = an(
+            "error",
+            {"type": "error", "error": {"type": "api_error", "message": "Boom"}},
+        )
+        _, code, content = await self.stream("anthropic", b"".join(frames[:4]) + error)
+        self.assertEqual(code, 200)
+        self.assertTrue(content.startswith(b"".join(frames[:4])))
+        tail = content[len(b"".join(frames[:4])) :]
+        self.assertTrue(tail.startswith(b"event: error\ndata: "), tail)
+        body = json.loads(tail.split(b"data: ", 1)[1])
+        self.assertEqual(body["type"], "error")
+        self.assertEqual(body["error"]["type"], "api_error")
+        self.assertEqual(
+            body["error"]["message"], "the upstream provider reported an error: Boom"
+        )

@@ -20,6 +20,7 @@ from twisted.internet.defer import CancelledError
 from pylon_ai._errors import (
     ProviderConnectionError,
     ProviderError,
+    ProviderStreamError,
     ProviderTimeout,
     Scrubber,
 )
@@ -131,28 +132,41 @@ class ApiError(Exception):
         return sse_frame(dumps(self.body(api)))
 
 
+def _their_words(body: str | None) -> str | None:
+    # The message of an error object in the upstream's body ({"error":
+    # {"message"}}, {"type": "error", "error": {...}}, {"detail"}...).
+    if not body:
+        return None
+    try:
+        obj = loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    err = obj.get("error", obj)
+    if isinstance(err, dict):
+        for key in ("message", "detail"):
+            if isinstance(err.get(key), str):
+                return str(err[key])
+    if isinstance(err, str):
+        return err
+    return None
+
+
 def _upstream_detail(error: ProviderError) -> str:
     # The upstream's own words, from its body: never the error's message,
     # which names the upstream (its address, for a custom endpoint).
-    status = error.status
+    said = _their_words(error.body)
+    if said is not None:
+        return said
     if error.body:
         try:
-            obj = loads(error.body)
+            loads(error.body)
         except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            err = obj.get("error", obj)
-            if isinstance(err, dict):
-                for key in ("message", "detail"):
-                    if isinstance(err.get(key), str):
-                        return str(err[key])
-            if isinstance(err, str):
-                return err
-        elif obj is None:
             text = _SPACE.sub(" ", error.body[:_DETAIL_CHARS]).strip()
             if text:
                 return f"the upstream provider rejected the request: {text}"
-    return f"the upstream provider rejected the request (HTTP {status})"
+    return f"the upstream provider rejected the request (HTTP {error.status})"
 
 
 def api_error(exc: BaseException) -> ApiError:
@@ -162,7 +176,8 @@ def api_error(exc: BaseException) -> ApiError:
     Upstream 400/404/413/422 are the client's mistake and keep their status
     and the upstream's message; an upstream 401/403 is the gateway's own
     key, a 502; 429 stays 429; timeouts are 504; everything else is a 502
-    that does not show upstream addresses.  The upstream's message is taken
+    that does not show upstream addresses (an error event inside a stream
+    says what the provider said in it).  The upstream's message is taken
     as it is: the gateway scrubs a L{ProviderError} before it gets here.
     """
     if isinstance(exc, ApiError):
@@ -187,6 +202,12 @@ def api_error(exc: BaseException) -> ApiError:
                 "the upstream provider is overloaded",
                 error_type="overloaded_error",
             )
+        if isinstance(exc, ProviderStreamError):
+            # An error event inside the stream: what the provider said, not
+            # "broke off" (a client shows this message to its user).
+            said = _their_words(exc.body)
+            if said is not None:
+                return ApiError(502, f"the upstream provider reported an error: {said}")
         if status is not None:
             return ApiError(502, f"the upstream provider failed (HTTP {status})")
         return ApiError(502, f"the upstream provider failed: {_public(exc)}")
