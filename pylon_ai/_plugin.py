@@ -23,7 +23,7 @@ from pylon_ai._provider import (
     Provider,
 )
 from pylon_ai._sse import DEFAULT_MAX_EVENT_LENGTH, DEFAULT_MAX_LINE_LENGTH
-from pylon_ai._upstream import StreamCall, StreamDecoder
+from pylon_ai._stream_call import StreamCall, StreamDecoder
 from pylon_ai.formats import chat as chat_format
 from pylon_ai.formats import messages as messages_format
 from pylon_ai.formats.events import ModelEvent, TextDelta

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pylon_ai._call_errors import BodyTooLarge
 from pylon_ai._errors import (
     ProviderConnectionError,
     ProviderError,
@@ -30,7 +31,6 @@ from pylon_ai._errors import (
     ProviderTimeout,
     ProviderTLSError,
 )
-from pylon_ai._upstream import BodyTooLarge
 from pylon_ai.formats.structured import StructuredOutputEvents
 from pylon_ai.gateway._backends import Backend, Call, Forwarded, OnBody, OnEvent, OnSSE
 from pylon_ai.gateway._translation import Translation

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
+from pylon_ai._body_call import BodyCall
 from pylon_ai._json import dumps
 from pylon_ai._provider import (
     ANTHROPIC_BASE_URL,
@@ -27,7 +28,7 @@ from pylon_ai._provider import (
     CustomProvider,
     OpenAIProvider,
 )
-from pylon_ai._upstream import BodyCall, StreamCall
+from pylon_ai._stream_call import StreamCall
 from pylon_ai.formats import chat as chat_format
 from pylon_ai.formats import messages as messages_format
 from pylon_ai.formats import responses as responses_format

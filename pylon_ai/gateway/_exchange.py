@@ -15,10 +15,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from pylon_ai._call_errors import BodyTooLarge
 from pylon_ai._errors import ProviderError
 from pylon_ai._json import dumps
 from pylon_ai._send import send_now
-from pylon_ai._upstream import BodyTooLarge
 from pylon_ai.formats import chat, messages, responses
 from pylon_ai.formats._frames import sse_frame
 from pylon_ai.formats.chat import OpenAIStreamEncoder

@@ -20,9 +20,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from pylon_ai._body_call import BodyCall
 from pylon_ai._errors import ProviderError
 from pylon_ai._json import dumps, loads
-from pylon_ai._upstream import BodyCall
 from pylon_ai.formats._tokens import estimate_tokens
 from pylon_ai.formats.events import Usage
 from pylon_ai.gateway._accounting import record_request
