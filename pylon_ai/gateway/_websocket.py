@@ -29,9 +29,9 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
+from pylon_ai.gateway._client_checks import key_ok, origin_allowed, presented_key
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._intake import host_allowed
-from pylon_ai.gateway._server import key_ok, origin_allowed, presented_key
 from pylon_ai.gateway._ws_completion import MAX_DONE_TEXT
 from pylon_ai.gateway._ws_flow import _SendFlow
 from pylon_ai.gateway._ws_messages import CLOSE_INTERNAL, ROUTE

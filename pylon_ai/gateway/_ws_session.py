@@ -20,9 +20,9 @@ from pylon_ai.formats.errors import TranslationError
 from pylon_ai.formats.events import ModelEvent, TextDelta, Usage, merge_usage
 from pylon_ai.gateway._accounting import record_request
 from pylon_ai.gateway._apierrors import ApiError, api_error
+from pylon_ai.gateway._client_checks import key_ok
 from pylon_ai.gateway._gateway import Gateway, UnknownModel
 from pylon_ai.gateway._limits import Admission, when_admitted
-from pylon_ai.gateway._server import key_ok
 from pylon_ai.gateway._state import usage_tokens
 from pylon_ai.gateway._ws_completion import _Completion
 from pylon_ai.gateway._ws_messages import (
