@@ -9,7 +9,8 @@ about a fifth of the CPU of a whole request.  This client does one thing: it
 writes the request head and body in one write on a pooled connection, parses
 the reply's head once it is all there, and hands the body, de-chunked one
 read at a time, to a protocol exactly as C{IResponse.deliverBody} does; the
-body protocols of L{pylon_ai._upstream} cannot tell the difference.
+body protocols of L{pylon_ai._stream_call} and L{pylon_ai._body_call}
+cannot tell the difference.
 
 Connections, name resolution and TLS stay Twisted's: the endpoint comes from
 the agent's endpoint factory (see L{pylon_ai._http}), so the agent's TLS

@@ -7,7 +7,7 @@ JSON reply, returned to the client as it came; where the upstream cannot
 serve them, the gateway answers itself (an offline token estimate, the mock
 model's embeddings) or says why not.  The resources that route here, with
 the checks every route makes (keys, C{Host}, content type, limits), are in
-L{pylon_ai.gateway._server}.
+L{pylon_ai.gateway._completion_routes} and L{pylon_ai.gateway._route_base}.
 """
 
 from __future__ import annotations
