@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from pylon_ai.gateway._config import parse_config
 from pylon_ai.gateway._gateway import Gateway
@@ -234,3 +236,19 @@ def http_request(
         lines.append("Content-Type: application/json")
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+class Hold(Resource):
+    """
+    A route that answers only when told: its requests wait in C{requests}.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def render(self, request: Request) -> object:
+        self.requests.append(request)
+        return NOT_DONE_YET

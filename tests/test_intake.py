@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from pylon_ai.gateway._config import parse_config
 from pylon_ai.gateway._gateway import Gateway
@@ -32,6 +32,7 @@ from pylon_ai.testing import FakeReply
 try:
     from tests._service import (
         CLIENT_KEY,
+        Hold,
         RawClient,
         Service,
         raw_connect,
@@ -40,6 +41,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
     from _service import (  # type: ignore[no-redef]
         CLIENT_KEY,
+        Hold,
         RawClient,
         Service,
         raw_connect,
@@ -561,22 +563,6 @@ class NoKeyMetricsTests(_IntakeCase):
         self.assertEqual(response.status, 200)
 
 
-class _Hold(Resource):
-    """
-    A route that answers only when told.
-    """
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[Request] = []
-
-    def render(self, request: Request) -> object:
-        self.requests.append(request)
-        return NOT_DONE_YET
-
-
 class HeaderDeadlineClockTests(SynchronousTestCase):
     """
     The request line and headers must be in within C{header_timeout_s} of
@@ -599,7 +585,7 @@ class HeaderDeadlineClockTests(SynchronousTestCase):
         )
         self.gateway = Gateway(config, self.clock)
         self.site = make_site(self.gateway)
-        self.hold = _Hold()
+        self.hold = Hold()
         self.site.resource._routes[b"/hold"] = self.hold  # type: ignore[attr-defined]
         self.transport = StringTransport()
         self.protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))

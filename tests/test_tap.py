@@ -39,6 +39,20 @@ def _events(case: SynchronousTestCase) -> list[LogEvent]:
     return events
 
 
+def _python(script: str) -> list[str]:
+    """
+    Run C{script} in a fresh interpreter (what a service does to its
+    process must not reach the test run's); the words it printed.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+
+
 class _ConfigFiles(SynchronousTestCase):
     def write(self, text: str) -> str:
         fd, path = tempfile.mkstemp(suffix=".toml")
@@ -313,14 +327,7 @@ class ServiceTests(SynchronousTestCase):
             "threads.deferToThread(handshake).addCallback(done)\n"
             "reactor.run()\n"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.split()
-        self.assertEqual(out, ["False", "101", "True"])
+        self.assertEqual(_python(script), ["False", "101", "True"])
 
 
 class CollectorTests(TestCase):
@@ -333,8 +340,6 @@ class CollectorTests(TestCase):
     timeout = 60
 
     def _collector_after(self, make: str) -> list[str]:
-        # A fresh interpreter: what the service does to the collector must
-        # not reach the test run's own.
         script = (
             "import gc\n"
             "from twisted.internet import reactor\n"
@@ -350,13 +355,7 @@ class CollectorTests(TestCase):
             "reactor.callWhenRunning(report)\n"
             "reactor.run()\n"
         )
-        return subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.split()
+        return _python(script)
 
     def test_service(self) -> None:
         out = self._collector_after("makeService(options)")

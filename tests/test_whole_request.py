@@ -16,13 +16,17 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from pylon_ai.gateway._config import parse_config
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._intake import split_request
 from pylon_ai.gateway._server import _channel, make_site
+
+try:
+    from tests._service import Hold
+except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
+    from _service import Hold  # type: ignore[no-redef]
 
 POST = (
     b"POST /hold HTTP/1.1\r\n"
@@ -106,18 +110,6 @@ class SplitRequestTests(SynchronousTestCase):
         self.assertIsNone(split_request(data, max_head=100))
 
 
-class _Hold(Resource):
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[Request] = []
-
-    def render(self, request: Request) -> object:
-        self.requests.append(request)
-        return NOT_DONE_YET
-
-
 class _Connection:
     """
     A gateway site's connection on a string transport, with a count of the
@@ -129,7 +121,7 @@ class _Connection:
             {"server": {"api_keys": ["k"], "max_body_bytes": max_body_bytes}}, {}
         )
         site = make_site(Gateway(config, task.Clock()))
-        self.hold = _Hold()
+        self.hold = Hold()
         site.resource._routes[b"/hold"] = self.hold
         self.transport = StringTransport()
         self.protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
