@@ -43,10 +43,20 @@ TMP = WORK / "tmp"
 
 GATEWAY_CPU = "0"
 LOAD_CPU = "1"
+# relay: Twisted's TCP port forwarder on the gateway's core, the TTFT cases of
+# b c=1 only: what any process in the path adds (run with pylon_ai).
 # pylon_ai_redis: pylon_ai with [server] state on a local Redis (scenario b
 # only; asked for by name).  portkey_shim: Portkey with today's npm resolution
 # and the shim (--portkey-variant latest-shim).
-TARGETS = ("direct", "pylon_ai", "pylon_ai_redis", "litellm", "portkey", "portkey_shim")
+TARGETS = (
+    "direct",
+    "relay",
+    "pylon_ai",
+    "pylon_ai_redis",
+    "litellm",
+    "portkey",
+    "portkey_shim",
+)
 DEFAULT_GATEWAYS = ("direct", "pylon_ai", "litellm", "portkey")
 # Pinned so that runs compare; bump deliberately (the stamps reinstall).
 LITELLM_SPEC = "litellm[proxy]==1.108.7"
@@ -69,6 +79,7 @@ PORTKEY_DEPS = ("hono", "@hono/node-server")
 PORTKEY_VARIANTS = {"lockfile": "portkey", "latest-shim": "portkey_shim"}
 LABELS = {
     "direct": "direct",
+    "relay": "byte relay (floor)",
     "pylon_ai": "pylon_ai",
     "pylon_ai_redis": "pylon_ai (Redis state)",
     "litellm": "LiteLLM",
@@ -76,6 +87,8 @@ LABELS = {
     "portkey_shim": "Portkey (latest deps + shim)",
 }
 SCENARIOS = ("a", "b", "c", "d", "e", "r")
+# issue 11's added TTFT p50 limits at c=1, ms, per case of scenario b.
+TTFT_LIMITS = (("burst", 1.0), ("spaced", 0.3))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -380,39 +393,18 @@ def install(args: argparse.Namespace, need: set[str]) -> dict[str, Any]:
     info["tools_python"] = str(venv(WORK / "venv-tools", ["matplotlib"], "matplotlib"))
 
     if need & {"pylon_ai", "pylon_ai_redis"}:
-        if args.pylon_src == "head":
-            commit = git_commit()
-            src = WORK / "src-pylon"
-            key = f"head {commit}"
-            if (WORK / "venv-pylon" / ".bench-stamp").exists() and (
-                WORK / "venv-pylon" / ".bench-stamp"
-            ).read_text() == key:
-                pass
-            else:
-                log(f"pylon_ai from git HEAD {commit[:10]}")
-                shutil.rmtree(src, ignore_errors=True)
-                src.mkdir(parents=True)
-                archive = subprocess.run(
-                    ["git", "-C", str(REPO), "archive", "HEAD"],
-                    capture_output=True,
-                    check=True,
-                ).stdout
-                subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-            pkg = [str(src)]
-        else:
-            commit = git_commit() + "+worktree"
-            key = f"worktree {time.time()}"  # always reinstall the work tree
-            pkg = [str(REPO)]
-        # As README installs it (pip install ., no extras), so that an
-        # optional speed-up users do not get is not measured; py-spy is a
-        # separate binary for the profile.
-        py = venv(WORK / "venv-pylon", [*pkg, "py-spy"], f"{key} as README")
-        info["pylon_ai_commit"] = commit
-        info["pylon_ai"] = subprocess.run(
+        install_pylon(args, info)
+    if "relay" in need:
+        # The relay needs only Twisted: asked for without pylon_ai, it takes
+        # pylon_ai's venv as it is (whichever commit), built when missing.
+        twistd = WORK / "venv-pylon" / "bin" / "twistd"
+        if not twistd.exists():
+            install_pylon(args, info)
+        info["twisted"] = subprocess.run(
             [
-                str(py),
+                str(twistd.with_name("python")),
                 "-c",
-                "import importlib.metadata as m; print(m.version('pylon_ai'))",
+                "import twisted; print(twisted.__version__)",
             ],
             capture_output=True,
             text=True,
@@ -491,6 +483,50 @@ def install(args: argparse.Namespace, need: set[str]) -> dict[str, Any]:
             or "redis-server"
         )
     return info
+
+
+def install_pylon(args: argparse.Namespace, info: dict[str, Any]) -> None:
+    """
+    pylon_ai as README installs it, from git HEAD or the work tree, into
+    bench/.work/venv-pylon; skipped when its stamp matches.
+    """
+    if args.pylon_src == "head":
+        commit = git_commit()
+        src = WORK / "src-pylon"
+        key = f"head {commit}"
+        if (WORK / "venv-pylon" / ".bench-stamp").exists() and (
+            WORK / "venv-pylon" / ".bench-stamp"
+        ).read_text() == key:
+            pass
+        else:
+            log(f"pylon_ai from git HEAD {commit[:10]}")
+            shutil.rmtree(src, ignore_errors=True)
+            src.mkdir(parents=True)
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", "HEAD"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        pkg = [str(src)]
+    else:
+        commit = git_commit() + "+worktree"
+        key = f"worktree {time.time()}"  # always reinstall the work tree
+        pkg = [str(REPO)]
+    # As README installs it (pip install ., no extras), so that an
+    # optional speed-up users do not get is not measured; py-spy is a
+    # separate binary for the profile.
+    py = venv(WORK / "venv-pylon", [*pkg, "py-spy"], f"{key} as README")
+    info["pylon_ai_commit"] = commit
+    info["pylon_ai"] = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import importlib.metadata as m; print(m.version('pylon_ai'))",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def node_versions(prefix: Path) -> dict[str, str | None]:
@@ -866,7 +902,29 @@ def start_target(
         target.version = "upstream.js"
         return
     port = target.port
-    if name.startswith("pylon_ai"):
+    if name == "relay":
+        # Copies bytes between the client's socket and the upstream's, parses
+        # nothing: the cost of any process on another core in the path.
+        proc = spawn(
+            [
+                str(WORK / "venv-pylon" / "bin" / "twistd"),
+                "-n",
+                "--pidfile=",
+                "portforward",
+                "-p",
+                f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+                "-h",
+                "127.0.0.1",
+                "-d",
+                str(target.up),
+            ],
+            name,
+            GATEWAY_CPU,
+        )
+        ready = f"http://127.0.0.1:{port}/healthz"  # the upstream's, relayed
+        limit = 30.0
+        target.version = f"Twisted {versions.get('twisted', '?')} portforward"
+    elif name.startswith("pylon_ai"):
         cfg = WORK / f"{name}.toml"
         state = None
         if name == "pylon_ai_redis":
@@ -1058,6 +1116,9 @@ def run_target(
     D = args.duration
     T = args.ttft_duration
     scen = set(args.scenarios)
+    if target.name == "relay":
+        relay_run(target, args, results)
+        return
     if target.name == "pylon_ai_redis":
         scen &= {"b", "d"}  # the Redis variant of scenario b only
     slow_n, slow_script = args.slow_streams, args.slow_script
@@ -1104,6 +1165,9 @@ def run_target(
                 cpu = res.pop("cpu_s", 0.0)
                 if target.name != "direct" and res.get("requests"):
                     per_chunk(res, cpu, res["requests"] * fast_chunks)
+                if c == 1:
+                    res.update(ttft_c1(target, T))
+                    return res
                 # TTFT with the first chunk sent alone, 5 ms before the rest.
                 ttft = client(target, "chat_stream", "c200-d0-f5", c, 20000, T)
                 res["ttft_ms"] = ttft["ttft_ms"]
@@ -1112,18 +1176,6 @@ def run_target(
                 res["client_failed"] = ttft["failed"]
                 if ttft["failed"]:
                     res["client_errors"] = ttft["errors"]
-                if c == 1:
-                    # TTFT when all 200 chunks arrive in one burst.
-                    burst = client(target, "chat_stream", "c200-d0", c, 20000, T)
-                    res["ttft_burst_ms"] = burst["ttft_ms"]
-                    # "Spaced": 10 chunks 20 ms apart, each its own write
-                    # (180 ms a stream, hence the longer window).
-                    spaced = client(target, "chat_stream", "c10-d20", c, 20000, 3 * T)
-                    res["ttft_spaced_ms"] = spaced["ttft_ms"]
-                    res["spaced_ok"] = spaced["ok"]
-                    if spaced["failed"]:
-                        res["client_failed"] = res["client_failed"] + spaced["failed"]
-                        res["spaced_errors"] = spaced["errors"]
                 return res
 
             attempt(results, f"b_c{c}", target, b_run)
@@ -1195,6 +1247,47 @@ def run_target(
             results.setdefault("r_responses", {})[target.name] = {"na": reason}
         else:
             attempt(results, "r_responses", target, lambda: r_run(target, D, T))
+
+
+def relay_run(
+    target: Target, args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    """
+    The byte relay: only the TTFT cases of scenario b at c=1 (first chunk
+    alone, burst, spaced), which give its added TTFT beside the gateways'.
+    """
+    try:
+        wrk(target, "chat_stream", "c200-d0", 8, args.warmup, "warm-chat_stream")
+    except Exception as e:
+        log(f"  warm-up chat_stream failed: {e}")
+    attempt(results, "b_c1", target, lambda: ttft_c1(target, args.ttft_duration))
+
+
+def ttft_c1(target: Target, T: float) -> dict[str, Any]:
+    """
+    TTFT at c=1 of the three cases of scenario b: the first chunk alone
+    (5 ms before the rest), all 200 chunks in one burst, and "spaced" (10
+    chunks 20 ms apart, each its own write: 180 ms a stream, hence the
+    longer window).  Gateways and the relay alike.
+    """
+    ttft = client(target, "chat_stream", "c200-d0-f5", 1, 20000, T)
+    res: dict[str, Any] = {
+        "ttft_ms": ttft["ttft_ms"],
+        "total_ms_client": ttft["total_ms"],
+        "client_ok": ttft["ok"],
+        "client_failed": ttft["failed"],
+    }
+    if ttft["failed"]:
+        res["client_errors"] = ttft["errors"]
+    burst = client(target, "chat_stream", "c200-d0", 1, 20000, T)
+    res["ttft_burst_ms"] = burst["ttft_ms"]
+    spaced = client(target, "chat_stream", "c10-d20", 1, 20000, 3 * T)
+    res["ttft_spaced_ms"] = spaced["ttft_ms"]
+    res["spaced_ok"] = spaced["ok"]
+    if spaced["failed"]:
+        res["client_failed"] = res["client_failed"] + spaced["failed"]
+        res["spaced_errors"] = spaced["errors"]
+    return res
 
 
 # Targets whose /v1/responses cannot be compared here, and why.
@@ -1448,13 +1541,16 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             None if r is None else r <= 1,
             f"pylon_ai {p} s vs Portkey {pk} s: {r}x",
         )
-    for case, limit in (("burst", 1.0), ("spaced", 0.3)):
+    for case, limit in TTFT_LIMITS:
         added = get(results, "b_c1", "pylon_ai", "added_ttft_ms", case, "p50")
         add(
             f"issue 11: added TTFT p50 at c=1 < {limit} ms ({case} chunks)",
             None if added is None else added < limit,
             f"pylon_ai +{added} ms over direct",
         )
+        floor = relay_floor(results, case, limit)
+        if floor:
+            out[-1]["floor"] = floor
     for key, unit in (("b_c64", "streams/s"), ("a_c64", "req/s")):
         p, pk = (get(results, key, t, "rps") for t in ("pylon_ai", "portkey"))
         r = ratio(p, pk)
@@ -1485,6 +1581,35 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"OpenAI pass-through {same} s: {r}x",
     )
     return out
+
+
+def relay_floor(results: dict[str, Any], case: str, limit: float) -> str | None:
+    """
+    What the byte relay adds in C{case} (the floor any process in the path
+    pays here) and what the target leaves a gateway beyond it, from this
+    run's numbers; C{None} when the relay did not run.
+    """
+    p50, p99 = (
+        get(results, "b_c1", "relay", "added_ttft_ms", case, pct)
+        for pct in ("p50", "p99")
+    )
+    if p50 is None:
+        return None
+    text = (
+        f"floor: a byte relay (Twisted's portforward, no parsing) on the "
+        f"gateway's core adds {p50:+.2f} ms p50"
+        + ("" if p99 is None else f" ({p99:+.2f} ms p99)")
+        + f" with {case} chunks; "
+    )
+    left = limit - p50
+    if left > 0:
+        text += f"the < {limit} ms target leaves a gateway {left:.2f} ms beyond it"
+    else:
+        text += f"the < {limit} ms target is below it: no proxy meets it here"
+    gw = get(results, "b_c1", "pylon_ai", "added_ttft_ms", case, "p50")
+    if gw is not None:
+        text += f"; pylon_ai adds {gw - p50:+.2f} ms p50 over the relay"
+    return text
 
 
 ROWS: list[tuple[str, str, tuple[str, ...], str]] = [
@@ -1671,6 +1796,8 @@ def markdown(data: dict[str, Any]) -> str:
     for t in data["targets"]:
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         out.append(f"- **{mark}** — {t['target']}: {t['detail']}")
+        if t.get("floor"):
+            out.append(f"  - {t['floor']}")
     cmp = []
     for t in cols:
         r, b = get(res, "r_responses", t, "rps"), get(res, "b_c64", t, "rps")
@@ -1765,7 +1892,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         + " (default "
         + ",".join(DEFAULT_GATEWAYS)
         + "); pylon_ai_redis runs scenario b with [server] state on a local "
-        "redis-server",
+        "redis-server; relay (a byte relay on the gateway's core: the TTFT "
+        "cases of b c=1 only) runs whenever pylon_ai does",
     )
     ap.add_argument(
         "--scenarios",
@@ -1832,6 +1960,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             ap.error(f"unknown gateway {g!r}")
         names = [PORTKEY_VARIANTS[v] for v in variants] if g == "portkey" else [g]
         gateways += [n for n in names if n not in gateways]
+    if "pylon_ai" in gateways and "relay" not in gateways:
+        # The floor beside pylon_ai's added TTFT (about 20 s).
+        gateways.insert(gateways.index("pylon_ai"), "relay")
     args.gateways = gateways
     if not re.fullmatch(r"[1-9]\d*|auto", args.workers):
         ap.error("--workers: a positive number or auto")
@@ -1870,6 +2001,9 @@ def main(argv: list[str]) -> int:
     profile: dict[str, Any] | None = None
     gw_versions: dict[str, str] = {}
     for name in args.gateways:
+        if name == "relay" and "b" not in args.scenarios:
+            log("== relay skipped: it runs the TTFT cases of scenario b only")
+            continue
         target = Target(name, free_port(), up)
         log(f"== {name}")
         try:
