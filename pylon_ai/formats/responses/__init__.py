@@ -17,22 +17,20 @@ and C{conversation} are refused unless the request passes through to an
 upstream that keeps state.  Anthropic's signed thinking travels to the client
 and back in reasoning items' C{encrypted_content}
 (L{pack_thinking}, L{unpack_thinking}).
+
+Modules: C{_decode_request} (and C{_decode_input} for its C{input} items),
+C{_encode_request}, C{_reply}, C{_decode_stream}, C{_encode_stream},
+C{_tools}, C{_thinking}.
 """
 
+from pylon_ai.formats.responses._decode_request import API, FORMAT, decode_request
+from pylon_ai.formats.responses._decode_stream import ResponsesStreamDecoder
+from pylon_ai.formats.responses._encode_request import encode_request
+from pylon_ai.formats.responses._encode_stream import ResponsesStreamEncoder
 from pylon_ai.formats.responses._reply import (
     decode_response,
     encode_response,
     response_echo,
-)
-from pylon_ai.formats.responses._request import (
-    API,
-    FORMAT,
-    decode_request,
-    encode_request,
-)
-from pylon_ai.formats.responses._stream import (
-    ResponsesStreamDecoder,
-    ResponsesStreamEncoder,
 )
 from pylon_ai.formats.responses._thinking import (
     THINKING_PREFIX,
