@@ -1,6 +1,10 @@
 """
 One completion request on an HTTP route, from the client's body to the
 upstream and back, streaming or not, in the caller's API format.
+
+The response helpers live in L{pylon_ai.gateway._respond} (re-exported here
+for the routes that import them from this module) and the writing of a
+streamed reply in L{pylon_ai.gateway._stream_out}.
 """
 
 from __future__ import annotations
@@ -42,48 +46,13 @@ from pylon_ai.gateway._apierrors import ApiError, api_error
 from pylon_ai.gateway._attempts import Attempts
 from pylon_ai.gateway._backends import Backend, Forwarded
 from pylon_ai.gateway._gateway import Api, Gateway, UnknownModel
+from pylon_ai.gateway._respond import respond_error, respond_json, respond_raw_json
 from pylon_ai.gateway._state import Release, usage_tokens
+from pylon_ai.gateway._stream_out import _StreamOut
+
+__all__ = ["Exchange", "respond_error", "respond_json", "respond_raw_json"]
 
 _Encoder = AnthropicStreamEncoder | OpenAIStreamEncoder | ResponsesStreamEncoder
-
-_SSE_HEADERS = (
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-)
-
-
-def respond_json(
-    request: Request,
-    status: int,
-    body: Any,
-    headers: dict[bytes, bytes] | None = None,
-) -> None:
-    """
-    Answer C{request} with a JSON body, unless the client already left.
-    """
-    if request.finished or request._disconnected:
-        return
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
-    request.write(dumps(body))
-    request.finish()
-
-
-def respond_raw_json(request: Request, body: bytes) -> None:
-    """
-    Answer C{request} with a 200 and a JSON body that is already bytes,
-    unless the client already left.
-    """
-    if request.finished or request._disconnected:
-        return
-    request.setResponseCode(200)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % len(body))
-    request.write(body)
-    request.finish()
 
 
 def _too_large(limit: int) -> ApiError:
@@ -95,19 +64,7 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-def respond_error(
-    request: Request, api: str, error: ApiError, extra: dict[bytes, bytes] | None = None
-) -> None:
-    """
-    Answer with C{error} in the shape of C{api}.
-    """
-    headers = dict(extra or {})
-    if error.retry_after is not None:
-        headers[b"retry-after"] = error.retry_after.encode("ascii")
-    respond_json(request, error.status, error.body(api), headers)
-
-
-class Exchange:
+class Exchange(_StreamOut):
     """
     Serves one completion request: picks the backend, translates where the
     formats differ, passes same-format streams through, and answers with a
@@ -260,24 +217,6 @@ class Exchange:
         self._ttft = time.perf_counter() - self._received
         self._raw = raw
 
-    def _relay(self, data: bytes, count: int) -> None:
-        # Pass-through: the upstream's complete events as they came, one
-        # write per upstream read (the usage chunk the gateway asked for
-        # itself is cut out already).
-        if self._gone:
-            return
-        if self._api == "responses":
-            self._passed += count
-        elif self._api == "openai" and data.endswith(b"[DONE]\n\n"):
-            self._saw_done = True
-        if self._began:
-            self._request.write(data)
-        else:
-            self._begin()
-            self._request.write(data)
-            # The first bytes go out before the rest of the read is done.
-            send_now(self._transport())
-
     def _collect(self, event: TextDelta | ToolCallDelta | ReasoningDelta) -> None:
         self._reply.add(event)
         if type(event) is ToolCallDelta:
@@ -321,58 +260,6 @@ class Exchange:
         if self._backend is not None and self._backend.model:
             return self._backend.model
         return self._model
-
-    def _begin(self) -> None:
-        self._began = True
-        self._status = 200
-        request = self._request
-        request.setResponseCode(200)
-        for name, value in _SSE_HEADERS:
-            request.setHeader(name, value)
-        self._set_overhead()
-        producer = self._call.producer if self._call is not None else None
-        if producer is not None and not request._disconnected:
-            request.registerProducer(producer, True)
-            self._producer = producer
-
-    def _set_overhead(self) -> None:
-        self._overhead = self._opened - self._received
-        self._request.setHeader(
-            b"x-pylon-overhead-ms", f"{self._overhead * 1000:.3f}".encode("ascii")
-        )
-
-    def _write(self, data: bytes) -> None:
-        # Collected, and written once per upstream read (_flush): one HTTP
-        # chunk for a burst of events rather than one each.
-        if not self._gone:
-            self._out.append(data)
-
-    def _flush(self) -> bool:
-        # True when something was written (the upstream call stops flushing
-        # after every event once the first bytes went out).
-        out = self._out
-        if not out or self._gone:
-            return False
-        first = not self._began
-        if first:
-            self._begin()
-        self._request.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-        if first:
-            # The first bytes go out before the rest of the read is done.
-            send_now(self._transport())
-        return True
-
-    def _transport(self) -> Any:
-        return getattr(getattr(self._request, "channel", None), "transport", None)
-
-    def _unregister(self) -> None:
-        if self._producer is not None:
-            self._producer = None
-            try:
-                self._request.unregisterProducer()
-            except (AttributeError, RuntimeError):
-                pass  # the client is gone: nothing is registered any more
 
     def _done(self, _: None) -> None:
         if self._gone:
