@@ -907,15 +907,9 @@ def start_target(
         # nothing: the cost of any process on another core in the path.
         proc = spawn(
             [
-                str(WORK / "venv-pylon" / "bin" / "twistd"),
-                "-n",
-                "--pidfile=",
-                "portforward",
-                "-p",
-                f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-                "-h",
-                "127.0.0.1",
-                "-d",
+                str(WORK / "venv-pylon" / "bin" / "python"),
+                str(BENCH / "relay.py"),
+                str(port),
                 str(target.up),
             ],
             name,
@@ -923,7 +917,9 @@ def start_target(
         )
         ready = f"http://127.0.0.1:{port}/healthz"  # the upstream's, relayed
         limit = 30.0
-        target.version = f"Twisted {versions.get('twisted', '?')} portforward"
+        target.version = (
+            f"Twisted {versions.get('twisted', '?')} portforward, TCP_NODELAY"
+        )
     elif name.startswith("pylon_ai"):
         cfg = WORK / f"{name}.toml"
         state = None
@@ -1596,8 +1592,8 @@ def relay_floor(results: dict[str, Any], case: str, limit: float) -> str | None:
     if p50 is None:
         return None
     text = (
-        f"floor: a byte relay (Twisted's portforward, no parsing) on the "
-        f"gateway's core adds {p50:+.2f} ms p50"
+        "floor: a byte relay (bench/relay.py: Twisted's portforward, no "
+        f"parsing) on the gateway's core adds {p50:+.2f} ms p50"
         + ("" if p99 is None else f" ({p99:+.2f} ms p99)")
         + f" with {case} chunks; "
     )
