@@ -167,7 +167,7 @@ class SSEProtocol(LineReceiver):
         pending = self._data
         # Complete lines first: the events they finish are owed to the
         # caller whatever the split, even if the tail is over the bound.
-        # Blank lines and data lines, nearly all of a stream, are handled
+        # Blank, data and event lines, nearly all of a stream, are handled
         # inline: this loop runs for every line of every stream.
         for line in lines:
             if not line:
@@ -188,6 +188,11 @@ class SSEProtocol(LineReceiver):
                     self.eventLengthExceeded()
                     return
                 pending.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line[:6] == b"event:":
+                # Every event of an Anthropic stream has one.
+                self._event_type = (line[7:] if line[6:7] == b" " else line[6:]).decode(
+                    "utf-8", "replace"
+                )
             else:
                 self._event_size = size
                 self.lineReceived(line)
