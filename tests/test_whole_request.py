@@ -6,6 +6,7 @@ Twisted's parser would have given it.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -277,3 +278,15 @@ class OnePassTests(SynchronousTestCase):
         self.assertEqual(connection.hold.requests, [])
         self.assertTrue(connection.transport.value().startswith(b"HTTP/1.1 413 "))
         self.assertTrue(connection.transport.disconnecting)
+
+    def test_body_over_the_limit_in_the_route_shape(self) -> None:
+        """
+        The 413 has the error shape of the API the path names, as on
+        Twisted's path.
+        """
+        for whole in (True, False):
+            connection = _Connection(max_body_bytes=5)
+            connection.send(POST.replace(b"/hold", b"/v1/messages"), whole=whole)
+            body = connection.transport.value().split(b"\r\n\r\n", 1)[1]
+            self.assertEqual(json.loads(body)["type"], "error", whole)
+            self.assertEqual(json.loads(body)["error"]["type"], "request_too_large")

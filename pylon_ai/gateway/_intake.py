@@ -256,11 +256,14 @@ class GatewayChannel(HTTPChannel):
         for name, value in headers:
             add(name, value)
         self._stop_waiting()
+        # Read while the head is in (a refusal's error shape is the route's).
+        self._command, self._path, self._version = method, target, b"HTTP/1.1"
         request.parseCookies()
         self.persistent = self.checkPersistence(request, b"HTTP/1.1")
         request.gotLength(len(body))
         if body:
             request.handleContentChunk(body)
+        del self._command, self._path, self._version
         if self.timeOut:
             self._savedTimeOut = self.setTimeout(None)
         self._handlingRequest = True
