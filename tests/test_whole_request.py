@@ -21,7 +21,7 @@ from twisted.web.server import Request
 
 from pylon_ai.gateway._config import parse_config
 from pylon_ai.gateway._gateway import Gateway
-from pylon_ai.gateway._intake import split_request
+from pylon_ai.gateway._intake import GatewayChannel, split_request
 from pylon_ai.gateway._server import _channel, make_site
 
 try:
@@ -290,3 +290,17 @@ class OnePassTests(SynchronousTestCase):
             body = connection.transport.value().split(b"\r\n\r\n", 1)[1]
             self.assertEqual(json.loads(body)["type"], "error", whole)
             self.assertEqual(json.loads(body)["error"]["type"], "request_too_large")
+
+    def test_line_by_line_when_turned_off(self) -> None:
+        """
+        With C{one_pass} off (a Twisted whose parser state the one-pass
+        path does not know), requests go line by line and are served.
+        """
+        connection = _Connection()
+        connection.channel.one_pass = False
+        connection.send(POST, whole=True)
+        self.assertEqual(connection.lines, 6)
+        self.assertEqual(len(connection.hold.requests), 1)
+
+    def test_possible_with_this_twisted(self) -> None:
+        self.assertTrue(GatewayChannel.one_pass)

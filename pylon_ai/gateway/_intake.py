@@ -168,6 +168,27 @@ def split_request(data: bytes, max_head: int = 16384) -> Whole | None:
     return method, target, headers, body
 
 
+def _one_pass_possible() -> bool:
+    # The one-pass path reads and sets HTTPChannel's own parser state (the
+    # same names from Twisted 24.7 to 26.10); a Twisted without them keeps
+    # the line-by-line path.
+    channel = HTTPChannel()
+    return all(
+        hasattr(channel, name)
+        for name in (
+            "_HTTPChannel__first_line",
+            "_handlingRequest",
+            "_savedTimeOut",
+            "line_mode",
+            "_buffer",
+            "totalHeadersSize",
+            "maxHeaders",
+            "checkPersistence",
+            "setRawMode",
+        )
+    )
+
+
 class GatewayChannel(HTTPChannel):
     """
     An C{HTTPChannel} that gives a client C{header_timeout} seconds to send
@@ -199,6 +220,8 @@ class GatewayChannel(HTTPChannel):
     # HTTPChannel's own (name-mangled there): 1 while waiting for the
     # request line of the next request.
     _HTTPChannel__first_line: int
+    #: Whether a request that arrives whole is taken in one pass.
+    one_pass = _one_pass_possible()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -225,7 +248,8 @@ class GatewayChannel(HTTPChannel):
         if self._between:
             self._await_headers()
         if (
-            self._HTTPChannel__first_line == 1
+            self.one_pass
+            and self._HTTPChannel__first_line == 1
             and self.line_mode
             and not self._buffer
             and not self._handlingRequest
