@@ -35,7 +35,6 @@ Choices:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol as TypingProtocol
 
 import orjson
 
@@ -45,44 +44,16 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
+from pylon_ai._relay_decode import RelayDecoder, _fields
 from pylon_ai._sse import Event, EventTooLong, LineTooLong, SSEProtocol
 from pylon_ai.formats._frames import sse_frame
 from pylon_ai.formats.events import ModelEvent, StreamError, Usage
 
+__all__ = ["Relay", "RelayDecoder"]
+
 #: How many events at the end of a burst may be left out to find its run
 #: of plain content (Responses ends with four that are not deltas).
 _TRIM = 5
-
-
-class RelayDecoder(TypingProtocol):
-    """
-    A light stream decoder that can tell which bytes it needs to see.
-    """
-
-    def feed(self, event_type: str, data: str) -> Iterable[ModelEvent]: ...
-
-    def interesting(self, data: bytes) -> bool: ...
-
-    def plain(self, obj: object) -> bool: ...
-
-
-def _fields(block: bytes) -> tuple[str, bytes | None]:
-    # One event's lines (no CR: such streams go to SSEProtocol): its name
-    # and its data lines joined, or None when it has no data.
-    name = b""
-    datas: list[bytes] = []
-    for line in block.split(b"\n"):
-        if not line or line[0] == 0x3A:  # ":" starts a comment
-            continue
-        field, colon, value = line.partition(b":")
-        if colon and value[:1] == b" ":
-            value = value[1:]
-        if field == b"data":
-            datas.append(value)
-        elif field == b"event":
-            name = value
-    data = b"\n".join(datas) if datas else None
-    return name.decode("utf-8", "replace") or "message", data
 
 
 class Relay(Protocol):
