@@ -19,7 +19,8 @@ and back in reasoning items' C{encrypted_content}
 (L{pack_thinking}, L{unpack_thinking}).
 
 Modules: C{_decode_request} (and C{_decode_input} for its C{input} items),
-C{_encode_request}, C{_reply}, C{_decode_stream}, C{_encode_stream},
+C{_encode_request}, C{_reply} (with the pieces of bodies it shares with
+C{_encode_stream} in C{_objects}), C{_decode_stream}, C{_encode_stream},
 C{_tools}, C{_thinking}.
 """
 

@@ -31,7 +31,7 @@ from pylon_ai.formats.events import (
     Usage,
     merge_usage,
 )
-from pylon_ai.formats.responses._reply import (
+from pylon_ai.formats.responses._objects import (
     call_item,
     failure_code,
     message_item,
