@@ -18,7 +18,6 @@ and C{"closed"} answers 503.  The client reconnects on its own.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,15 @@ from twisted.python.failure import Failure
 
 from pylon_ai.gateway._apierrors import ApiError
 from pylon_ai.gateway._config import RedisAddress
+from pylon_ai.gateway._redis_scripts import (
+    ADMIT,
+    EXCHANGE,
+    FAILED,
+    FINISH,
+    PREFIX,
+    RENEW,
+    _hashed,
+)
 from pylon_ai.gateway._resp import RedisClient, RedisUnavailable
 from pylon_ai.gateway._state import (
     WINDOW,
@@ -47,141 +55,27 @@ from pylon_ai.gateway._state import (
 if TYPE_CHECKING:
     from pylon_ai.gateway._backends import Backend
 
+__all__ = [
+    "ADMIT",
+    "EXCHANGE",
+    "FAILED",
+    "FINISH",
+    "LEASE_S",
+    "POLL_S",
+    "PREFIX",
+    "RENEW",
+    "WARN_EVERY_S",
+    "RedisState",
+    "SharedDeployment",
+    "_hashed",
+]
+
 #: Seconds a concurrency lease lives unless renewed; renewed every third.
 LEASE_S = 15.0
 #: Seconds between two exchanges of in-flight counts and cooldowns.
 POLL_S = 0.5
 #: Seconds between two warnings that Redis is unavailable.
 WARN_EVERY_S = 60.0
-PREFIX = "pylon:"
-
-# Time is Redis's own (TIME), so that instances with skewed clocks agree.
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-#: KEYS: requests window, leases, tokens.  ARGV: requests per minute,
-#: concurrency, tokens per minute, lease id, lease ms, window ms.
-#: Returns {0} (admitted) or {1 requests | 2 concurrency | 3 tokens, wait ms}.
-ADMIT = (
-    _NOW
-    + """
-local rpm, conc, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease, ttl, window = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= conc then return {2, 1000} end
-end
-if tpm > 0 then
-  local minute = math.floor(now / 60000)
-  local cur = tonumber(redis.call('HGET', KEYS[3], minute) or '0')
-  local prev = tonumber(redis.call('HGET', KEYS[3], minute - 1) or '0')
-  if prev * (1 - (now % 60000) / 60000) + cur >= tpm then
-    return {3, 60000 - now % 60000}
-  end
-end
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[1]) >= rpm then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {1, tonumber(oldest[2]) + window - now}
-  end
-  redis.call('ZADD', KEYS[1], now, lease)
-  redis.call('PEXPIRE', KEYS[1], window)
-end
-if conc > 0 then
-  redis.call('ZADD', KEYS[2], now + ttl, lease)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
-return {0, 0}
-"""
-)
-
-#: Per finished request, KEYS: its leases and its tokens; ARGV: its lease
-#: id and the tokens it used.  Requests that end in the same reactor turn
-#: share one call.
-FINISH = (
-    _NOW
-    + """
-local minute = math.floor(now / 60000)
-for i = 1, #KEYS / 2 do
-  redis.call('ZREM', KEYS[2 * i - 1], ARGV[2 * i - 1])
-  local tokens = tonumber(ARGV[2 * i])
-  if tokens > 0 then
-    local key = KEYS[2 * i]
-    redis.call('HINCRBY', key, minute, tokens)
-    redis.call('HDEL', key, minute - 2)
-    redis.call('PEXPIRE', key, 120000)
-  end
-end
-return #KEYS / 2
-"""
-)
-
-#: KEYS: the leases' sets.  ARGV: lease ms, then one lease id per key.
-RENEW = (
-    _NOW
-    + """
-local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl)
-end
-return #KEYS
-"""
-)
-
-#: ARGV: prefix, instance id, ms the counts live, then per deployment its
-#: key and this instance's count.  Returns per deployment the other
-#: instances' count and the cooldown's ms left (negative: none).
-EXCHANGE = (
-    _NOW
-    + """
-local p, me, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local inst = p .. 'instances'
-redis.call('ZADD', inst, now + ttl, me)
-redis.call('ZREMRANGEBYSCORE', inst, '-inf', now)
-redis.call('PEXPIRE', inst, ttl)
-local mine = p .. 'busy:' .. me
-local n = (#ARGV - 3) / 2
-for i = 1, n do
-  redis.call('HSET', mine, ARGV[2 + 2 * i], ARGV[3 + 2 * i])
-end
-redis.call('PEXPIRE', mine, ttl)
-local others = redis.call('ZRANGE', inst, 0, -1)
-local out = {}
-for i = 1, n do
-  local dep = ARGV[2 + 2 * i]
-  local busy = 0
-  for _, o in ipairs(others) do
-    if o ~= me then
-      busy = busy + tonumber(redis.call('HGET', p .. 'busy:' .. o, dep) or '0')
-    end
-  end
-  out[#out + 1] = busy
-  out[#out + 1] = redis.call('PTTL', p .. 'cool:' .. dep)
-end
-return out
-"""
-)
-
-#: KEYS: failures, cooldown.  ARGV: failures that start a cooldown, its ms,
-#: ms a failure count lives.  Returns the cooldown's ms, or 0.
-FAILED = """
-local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if n >= tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-  redis.call('DEL', KEYS[1])
-  return tonumber(ARGV[2])
-end
-return 0
-"""
-
-
-def _hashed(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 class SharedDeployment:
