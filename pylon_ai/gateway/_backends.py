@@ -33,7 +33,7 @@ from pylon_ai.formats import chat as chat_format
 from pylon_ai.formats import messages as messages_format
 from pylon_ai.formats import responses as responses_format
 from pylon_ai.formats.events import MessageStart, ModelEvent, Usage
-from pylon_ai.gateway._config import ModelConfig, ServerConfig
+from pylon_ai.gateway._config_values import ModelConfig, ServerConfig
 from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
 from pylon_ai.gateway._state import SharedView
 
