@@ -32,14 +32,9 @@ from pylon_ai.gateway._collector import tune_collector
 from pylon_ai.gateway._config import Config, ConfigError, default_config, load_config
 from pylon_ai.gateway._gateway import Gateway
 from pylon_ai.gateway._server import make_site
-from pylon_ai.gateway._workers import (
-    WORKER_FD,
-    ParentWatch,
-    Supervisor,
-    adopted_family,
-    json_log_observer,
-    listen_shared,
-)
+from pylon_ai.gateway._shared_socket import WORKER_FD, adopted_family, listen_shared
+from pylon_ai.gateway._worker_side import ParentWatch, json_log_observer
+from pylon_ai.gateway._workers import Supervisor
 
 #: Where the configuration keys are described.
 CONFIG_REFERENCE = 'README.rst, section "The gateway service"'

@@ -22,37 +22,48 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define, field
-from zope.interface import implementer
 
 from twisted.application.service import Service
-from twisted.internet import fdesc
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IListeningPort, IReadDescriptor
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import (
     ILogObserver,
     LogEvent,
     Logger,
     LogLevel,
-    eventAsJSON,
     eventFromJSON,
     globalLogPublisher,
 )
 from twisted.python.failure import Failure
 
 from pylon_ai.gateway._metrics import MULTIPROCESS_ENV, forget_process
+from pylon_ai.gateway._shared_socket import (
+    WORKER_FD,
+    SharedSocket,
+    adopted_family,
+    listen_shared,
+)
+from pylon_ai.gateway._worker_side import ParentWatch, json_log_observer
 
-#: The listening socket's file descriptor in a worker.
-WORKER_FD = 3
+__all__ = [
+    "STOP_MARGIN_S",
+    "WORKER_FD",
+    "Backoff",
+    "ParentWatch",
+    "SharedSocket",
+    "Supervisor",
+    "WorkerProcess",
+    "adopted_family",
+    "json_log_observer",
+    "listen_shared",
+]
 
 #: Seconds the supervisor waits beyond C{shutdown_grace_s} for a worker to
 #: finish draining before it kills it.
@@ -86,62 +97,6 @@ class Backoff:
         delay = min(self.maximum, self.initial * 2**self._failures)
         self._failures += 1
         return delay
-
-
-@define
-class SharedSocket:
-    """
-    A listening socket opened by the supervisor for its workers.
-
-    @ivar socket: The socket; its descriptor is what workers adopt.
-    @ivar port: The Twisted port that opened it, kept only so that its
-        cleanup (a UNIX socket's path, its lock) runs at the end.
-    """
-
-    socket: socket.socket
-    port: IListeningPort
-
-    def close(self) -> None:
-        """
-        Stop listening here: a plain close, not a shutdown, which would stop
-        the socket in every worker too.  Once the workers close theirs,
-        connections are refused.
-        """
-        self.socket.close()
-
-    def cleanup(self) -> None:
-        """
-        Remove what the endpoint left (a UNIX socket's path).
-        """
-        self.port.stopListening()
-
-
-def listen_shared(endpoint: Any) -> SharedSocket:
-    """
-    Open a listening socket with a Twisted server endpoint, but accept
-    nothing on it here: the workers will.
-
-    @param endpoint: An C{IStreamServerEndpoint} whose ports are plain
-        sockets (TCP, UNIX, C{systemd:}); TLS endpoints are not.
-    @raise Exception: What the endpoint raised, e.g. C{CannotListenError}.
-    """
-    result: list[Any] = []
-    factory = Factory()
-    factory.noisy = False  # it never builds a protocol: nothing to say
-    d = endpoint.listen(factory)
-    d.addBoth(result.append)
-    if not result:
-        d.cancel()
-        raise ValueError("the endpoint did not listen at once")
-    if isinstance(result[0], Failure):
-        result[0].raiseException()
-    port = result[0]
-    # The endpoint's parser (ports, interfaces, backlog, UNIX modes) is
-    # Twisted's; the socket is ours.  The port stops reading before it
-    # lets go of the descriptor, so the reactor never sees it closed.
-    port.stopReading()
-    fd = port.socket.detach()
-    return SharedSocket(socket.socket(fileno=fd), port)
 
 
 @define
@@ -377,89 +332,3 @@ class WorkerProcess(ProcessProtocol):
         else:
             how = "ended"
         self.ended.callback(how)
-
-
-# -- the worker's side ------------------------------------------------------
-
-
-@implementer(ILogObserver)
-class _JSONLines:
-    """
-    Writes each log event as one line of JSON, for the supervisor to relay.
-    """
-
-    def __init__(self, out: Any) -> None:
-        self._out = out
-
-    def __call__(self, event: LogEvent) -> None:
-        try:
-            self._out.write(eventAsJSON(event) + "\n")
-            self._out.flush()
-        except (OSError, ValueError):
-            # The supervisor is gone (and this worker is stopping): its
-            # last lines have nowhere to go.
-            pass
-
-
-def json_log_observer() -> ILogObserver:
-    """
-    The log observer of a worker (C{twistd --logger}): JSON lines on its
-    standard output, which the supervisor reads.
-    """
-    return _JSONLines(sys.stdout)
-
-
-@implementer(IReadDescriptor)
-class ParentWatch:
-    """
-    Reads a pipe from the supervisor, which writes nothing: its end means
-    the supervisor is gone.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor: Any, fd: int, gone: Callable[[], object]) -> None:
-        self._reactor = reactor
-        self._fd = fd
-        self._gone: Callable[[], object] | None = gone
-        fdesc.setNonBlocking(fd)
-        reactor.addReader(self)
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def logPrefix(self) -> str:
-        return "ParentWatch"
-
-    def doRead(self) -> None:
-        try:
-            if os.read(self._fd, 4096):
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        self._reactor.removeReader(self)
-        self._parent_gone()
-
-    def connectionLost(self, reason: Failure) -> None:
-        # The reactor's word for a pipe whose writer is gone (a hang-up
-        # without data to read): it has already dropped this reader.
-        self._parent_gone()
-
-    def _parent_gone(self) -> None:
-        gone, self._gone = self._gone, None
-        if gone is not None:
-            self.log.warn("The supervisor is gone: stopping")
-            gone()
-
-
-def adopted_family(fd: int) -> socket.AddressFamily:
-    """
-    The address family of the socket at C{fd}, left open.
-    """
-    probe = socket.socket(fileno=fd)
-    try:
-        return probe.family
-    finally:
-        probe.detach()
