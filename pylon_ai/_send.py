@@ -60,6 +60,7 @@ def write_through(transport: Any, data: bytes) -> bool:
     """
     if (
         not isinstance(transport, Connection)
+        or transport.TLS  # started with startTLS: its bytes go through TLS
         or not transport.connected
         or transport.disconnecting
         or transport._writeDisconnecting

@@ -117,14 +117,16 @@ class _Connection:
     lines Twisted's parser was given.
     """
 
-    def __init__(self, max_body_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, max_body_bytes: int = 1 << 20, transport: StringTransport | None = None
+    ) -> None:
         config = parse_config(
             {"server": {"api_keys": ["k"], "max_body_bytes": max_body_bytes}}, {}
         )
         site = make_site(Gateway(config, task.Clock()))
         self.hold = Hold()
         site.resource._routes[b"/hold"] = self.hold
-        self.transport = StringTransport()
+        self.transport = transport or StringTransport()
         self.protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
         self.protocol.makeConnection(self.transport)
         self.channel = _channel(self.protocol)
@@ -304,3 +306,72 @@ class OnePassTests(SynchronousTestCase):
 
     def test_possible_with_this_twisted(self) -> None:
         self.assertTrue(GatewayChannel.one_pass)
+
+
+class _Writes(StringTransport):
+    # What each write to the transport carried.
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+
+class HeldHeadTests(SynchronousTestCase):
+    """
+    A reply's head goes out with its first body bytes, in one write; a
+    reply with no body bytes still gets its head, at its end or before the
+    connection closes.
+    """
+
+    def setUp(self) -> None:
+        self.transport = _Writes()
+        self.connection = _Connection(transport=self.transport)
+
+    def request(self, data: bytes = POST) -> Request:
+        self.connection.send(data, whole=True)
+        return self.connection.hold.requests[-1]
+
+    def test_head_and_body_in_one_write(self) -> None:
+        request = self.request()
+        request.setHeader(b"content-length", b"5")
+        request.write(b"hello")
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertTrue(self.transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(self.transport.writes[0].endswith(b"\r\n\r\nhello"))
+        request.finish()
+        self.assertEqual(len(self.transport.writes), 1)
+
+    def test_chunked_first_event(self) -> None:
+        request = self.request()
+        request.write(b"data: 1\n\n")
+        [write] = self.transport.writes
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", write)
+        self.assertTrue(write.endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n"))
+
+    def test_no_body(self) -> None:
+        request = self.request()
+        request.setResponseCode(204)
+        request.finish()
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 204 "))
+        self.assertTrue(self.transport.value().endswith(b"\r\n\r\n"))
+
+    def test_head_method(self) -> None:
+        request = self.request(POST.replace(b"POST", b"HEAD", 1))
+        request.setHeader(b"content-length", b"5")
+        request.write(b"hello")
+        request.finish()
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertNotIn(b"hello", self.transport.value())
+
+    def test_close_after_the_head(self) -> None:
+        request = self.request()
+        request.write(b"")
+        request.loseConnection()
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(self.transport.disconnecting)

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
 from pylon_ai._send import write_through
 
@@ -217,6 +218,8 @@ class GatewayChannel(HTTPChannel):
     #: Kept alive, between two requests: the next byte starts a request.
     _between = False
     _host: Any = None
+    #: A reply's head, held until its first body bytes (see writeHeaders).
+    _head: bytes | None = None
     # HTTPChannel's own (name-mangled there): 1 while waiting for the
     # request line of the next request.
     _HTTPChannel__first_line: int
@@ -227,15 +230,44 @@ class GatewayChannel(HTTPChannel):
         super().connectionMade()
         self._await_headers()
 
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Any
+    ) -> None:
+        # Held and sent with the body's first bytes, in one write straight
+        # to the socket: Twisted's own goes to the transport's buffer, which
+        # costs two epoll_ctl calls (writable, then not) on every reply.
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        self._head = b"".join(head)
+
     def write(self, data: bytes) -> None:
         # The events of a stream: straight to the socket when nothing is
         # waiting to be sent (see write_through).
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
         if not write_through(self.transport, data):
             super().write(data)
 
     def writeSequence(self, iovec: list[bytes]) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            iovec = [head, *iovec]
         if not write_through(self.transport, b"".join(iovec)):
             super().writeSequence(iovec)
+
+    def _send_head(self) -> None:
+        # A reply with no body bytes (a HEAD, a 204): its head alone.
+        if self._head is not None:
+            self.write(b"")
 
     def getHost(self) -> Any:
         # Asked by every request; a TCP transport answers with a system
@@ -299,6 +331,7 @@ class GatewayChannel(HTTPChannel):
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:
+        self._send_head()
         # Before Twisted goes on: it parses a pipelined request at once.
         if self.persistent:
             self._stop_waiting()
@@ -306,6 +339,11 @@ class GatewayChannel(HTTPChannel):
             if self.keepalive_timeout:
                 self._wait(self.keepalive_timeout)
         super().requestDone(request)
+
+    def loseConnection(self) -> None:
+        # Pending bytes go out before the close; a held head is pending.
+        self._send_head()
+        super().loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.handed_over()
