@@ -15,6 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -252,3 +253,21 @@ class Hold(Resource):
     def render(self, request: Request) -> object:
         self.requests.append(request)
         return NOT_DONE_YET
+
+
+class WriteRecorder(StringTransport):
+    """
+    A string transport that keeps what each write carried (a sequence
+    counts as one write).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))

@@ -29,7 +29,6 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import URI, ResponseDone, ResponseFailed, ResponseNeverReceived
@@ -39,6 +38,11 @@ from twisted.web.iweb import IAgentEndpointFactory
 
 from pylon_ai._h1 import MAX_HEAD, H1Connection, LeanPool, LeanResponse, ProtocolError
 from pylon_ai._http import make_http_client
+
+try:
+    from tests._service import WriteRecorder
+except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
+    from _service import WriteRecorder  # type: ignore[no-redef]
 
 # -- replies ---------------------------------------------------------------
 
@@ -782,16 +786,6 @@ class TLSTests(SocketTestCase):
 # -- in memory: every split of a reply ---------------------------------------
 
 
-class _Transport(StringTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-        super().write(data)
-
-
 @implementer(IStreamClientEndpoint)
 class _MemoryEndpoint:
     def __init__(self, endpoints: Memory) -> None:
@@ -801,7 +795,7 @@ class _MemoryEndpoint:
         if self._endpoints.pending is not None:
             return self._endpoints.pending
         protocol = factory.buildProtocol(None)
-        transport = _Transport()
+        transport = WriteRecorder()
         protocol.makeConnection(transport)
         self._endpoints.connections.append((protocol, transport))
         return succeed(protocol)
@@ -815,7 +809,7 @@ class Memory:
     """
 
     def __init__(self) -> None:
-        self.connections: list[tuple[H1Connection, _Transport]] = []
+        self.connections: list[tuple[H1Connection, WriteRecorder]] = []
         self.pending: Deferred[Any] | None = None
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
@@ -838,7 +832,7 @@ class MemoryTestCase(SynchronousTestCase):
 
     def exchange(
         self, pieces: list[bytes], body: Body | None = None, late: bool = False
-    ) -> tuple[LeanResponse | Failure, Body, H1Connection, _Transport]:
+    ) -> tuple[LeanResponse | Failure, Body, H1Connection, WriteRecorder]:
         """
         Send a request, feed its connection C{pieces} one read each, and
         deliver the body to C{body} when the response comes (unless

@@ -130,6 +130,18 @@ class SendNowTests(TestCase):
                 pass
         self.assertEqual(bytes(received), big)
 
+    async def test_write_through_leaves_tls_alone(self) -> None:
+        # A connection that started TLS (startTLS) sends through its TLS
+        # layer: its socket takes nothing straight.
+        server, client = await self._pair()
+        transport: Any = server.transport
+        transport.TLS = True  # what startTLS leaves on the transport
+        try:
+            self.assertFalse(write_through(transport, b"plain"))
+            self.assertEqual(_peek(client), b"")
+        finally:
+            transport.TLS = False
+
     def test_other_transports(self) -> None:
         # Not TCP (or nothing at all): nothing happens, nothing fails.
         transport = StringTransport()

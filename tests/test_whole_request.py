@@ -25,9 +25,9 @@ from pylon_ai.gateway._intake import GatewayChannel, split_request
 from pylon_ai.gateway._server import _channel, make_site
 
 try:
-    from tests._service import Hold
+    from tests._service import Hold, WriteRecorder
 except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
-    from _service import Hold  # type: ignore[no-redef]
+    from _service import Hold, WriteRecorder  # type: ignore[no-redef]
 
 POST = (
     b"POST /hold HTTP/1.1\r\n"
@@ -308,20 +308,6 @@ class OnePassTests(SynchronousTestCase):
         self.assertTrue(GatewayChannel.one_pass)
 
 
-class _Writes(StringTransport):
-    # What each write to the transport carried.
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-        super().write(data)
-
-    def writeSequence(self, seq: Any) -> None:
-        self.write(b"".join(seq))
-
-
 class HeldHeadTests(SynchronousTestCase):
     """
     A reply's head goes out with its first body bytes, in one write; a
@@ -330,7 +316,7 @@ class HeldHeadTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.transport = _Writes()
+        self.transport = WriteRecorder()
         self.connection = _Connection(transport=self.transport)
 
     def request(self, data: bytes = POST) -> Request:
