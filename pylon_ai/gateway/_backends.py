@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import quote
-
-from attrs import frozen
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -32,55 +29,19 @@ from pylon_ai._stream_call import StreamCall
 from pylon_ai.formats import chat as chat_format
 from pylon_ai.formats import messages as messages_format
 from pylon_ai.formats import responses as responses_format
-from pylon_ai.formats.events import MessageStart, ModelEvent, Usage
+from pylon_ai.formats.events import ModelEvent
 from pylon_ai.gateway._config_values import ModelConfig, ServerConfig
+from pylon_ai.gateway._forwarded import Forwarded
 from pylon_ai.gateway._mock import MOCK_MODEL, MockCall
+from pylon_ai.gateway._reply_facts import reply_facts
 from pylon_ai.gateway._state import SharedView
+
+__all__ = ["Backend", "Call", "Forwarded", "OnBody", "OnEvent", "OnSSE"]
 
 OnEvent = Callable[[ModelEvent], object]
 #: Pass-through: the upstream's complete events as bytes, and their count.
 OnSSE = Callable[[bytes, int], object]
 OnBody = Callable[[bytes], object]
-
-#: What a forwarded query string keeps as it is (RFC 3986's query
-#: characters, and escapes); anything else is percent-encoded, so that the
-#: upstream URL is always valid.
-_QUERY_SAFE = "!$&'()*+,;=:@/?%-._~"
-
-
-@frozen
-class Forwarded:
-    """
-    What of the client's own request goes to an Anthropic upstream when the
-    client speaks Anthropic's format too: the beta features it asked for
-    and the query string (Claude Code sends C{?beta=true}).  No other client
-    header ever goes upstream.
-
-    @ivar beta: The C{anthropic-beta} value (several header lines joined
-        with commas), or L{None}.
-    @ivar query: The query string, without the C{?}; empty for none.
-    """
-
-    beta: bytes | None = None
-    query: bytes = b""
-
-    @classmethod
-    def from_request(cls, headers: Any, uri: bytes) -> Forwarded | None:
-        """
-        What a client request carries that may be forwarded.
-
-        @param headers: The request's C{Headers}.
-        @param uri: The request target, with its query string.
-        @return: L{None} when there is nothing to forward.
-        """
-        lines = headers.getRawHeaders(b"anthropic-beta") or []
-        beta = b",".join(line.strip() for line in lines if line.strip()) or None
-        query = uri.partition(b"?")[2]
-        if query:
-            query = quote(query, safe=_QUERY_SAFE).encode("ascii")
-        if beta is None and not query:
-            return None
-        return cls(beta, query)
 
 
 class Call(Protocol):
@@ -425,47 +386,3 @@ class Backend:
     def _finished(self, result: object) -> object:
         self.in_flight -= 1
         return result
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def reply_facts(format: str, obj: dict[str, Any]) -> list[ModelEvent]:
-    """
-    What the gateway needs of a whole reply, as model events: a
-    L{MessageStart} with its id and model, and its L{Usage} (input and
-    output tokens, counted as streams count them: cache tokens apart).
-
-    @param format: C{"anthropic"} (a message), C{"openai"} (a Chat
-        Completions completion) or C{"responses"} (a C{response} object).
-    @param obj: The reply.
-    """
-    model = obj.get("model")
-    message_id = obj.get("id")
-    events: list[ModelEvent] = [
-        MessageStart(
-            message_id if isinstance(message_id, str) else None,
-            model if isinstance(model, str) else None,
-        )
-    ]
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        if format == "anthropic":
-            inp, out = usage.get("input_tokens"), usage.get("output_tokens")
-        elif format == "responses":
-            inp, out = usage.get("input_tokens"), usage.get("output_tokens")
-            # Counted as the stream decoder counts them: cache reads apart.
-            details = usage.get("input_tokens_details")
-            cached = (
-                _count(details.get("cached_tokens"))
-                if isinstance(details, dict)
-                else None
-            )
-            total = _count(inp)
-            if total is not None and cached:
-                inp = max(total - cached, 0)
-        else:
-            inp, out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        events.append(Usage(_count(inp), _count(out)))
-    return events
