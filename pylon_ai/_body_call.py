@@ -136,10 +136,14 @@ class BodyCall(_Call):
         )
         self._abort()
 
+    def _let_go(self) -> None:
+        self._on_body = _ignore
+
     def body_ended(self, data: bytes, reason: Failure) -> None:
         """
         The body ended, whole or not.
         """
+        self._body = None  # no cycle through it
         if self._over:
             return
         if not reason.check(ResponseDone, PotentialDataLoss):
@@ -176,3 +180,8 @@ class BodyCall(_Call):
             self._fail(Failure())
         else:
             self._succeed()
+
+
+def _ignore(body: bytes, obj: dict[str, Any]) -> None:
+    # What a call that is over does with a late body.
+    return None

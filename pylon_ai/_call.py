@@ -260,7 +260,18 @@ class _Call:
         if not self._over:
             self._over = True
             self._stop_timer()
-            self.deferred.callback(None)
+            try:
+                self.deferred.callback(None)
+            finally:
+                self._let_go()
+
+    def _let_go(self) -> None:
+        """
+        The call is over: drop the consumer's callbacks, which its body's
+        protocol would otherwise keep alive (the body and the call refer to
+        each other) until the cyclic collector came by, and with them the
+        whole request (see L{pylon_ai.gateway._collector}).
+        """
 
     def _scrubber(self) -> Scrubber:
         return Scrubber(request_secrets(self._headers))
@@ -274,7 +285,10 @@ class _Call:
                 # Whatever the upstream said, in an error body or a stream,
                 # may repeat the request's headers.
                 self._scrubber().error(exc)
-            self.deferred.errback(reason)
+            try:
+                self.deferred.errback(reason)
+            finally:
+                self._let_go()
 
     def _request_failed(self, failure: Failure) -> None:
         self._request = None

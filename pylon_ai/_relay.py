@@ -418,6 +418,12 @@ class Relay(Protocol):
             self.transport.stopProducing()  # type: ignore[attr-defined]
         self.done.errback(Failure(exc))
 
+    def let_go(self) -> None:
+        """
+        The call is over: forget the consumer (no cycle through it).
+        """
+        self._on_bytes = _drop
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         """
         The stream is over; an unterminated last event is dropped.
@@ -433,3 +439,8 @@ class Relay(Protocol):
             self.done.callback(None)
         else:
             self.done.errback(reason)
+
+
+def _drop(data: bytes, count: int) -> None:
+    # What a relay whose call is over does with late bytes.
+    return None

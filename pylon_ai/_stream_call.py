@@ -238,7 +238,17 @@ class StreamCall(_Call):
         if self._eager and self.on_flush is not None and self.on_flush():
             self._eager = False
 
+    def _let_go(self) -> None:
+        self._on_event = _ignore
+        self._on_sse = None
+        self.on_flush = None
+        self._on_bytes = None
+        self._flow = None
+        if isinstance(self._body, Relay):
+            self._body.let_go()
+
     def _body_done(self, _: None) -> None:
+        self._body = None  # it ended: no cycle through it
         if self._over:
             return
         try:
@@ -249,6 +259,7 @@ class StreamCall(_Call):
             self._succeed()
 
     def _body_failed(self, failure: Failure) -> None:
+        self._body = None  # it ended (or stopped its transport itself)
         if self._over:
             return
         if failure.check(PotentialDataLoss):
@@ -293,3 +304,8 @@ class _Flow:
 
     def stopProducing(self) -> None:
         self._transport.stopProducing()
+
+
+def _ignore(event: ModelEvent) -> None:
+    # What a call that is over does with a late event.
+    return None

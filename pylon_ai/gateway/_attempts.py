@@ -271,10 +271,14 @@ class Attempts:
         if self._over:
             return
         self._over = True
-        if result is None:
-            self.deferred.callback(None)
-        else:
-            self.deferred.errback(result)
+        try:
+            if result is None:
+                self.deferred.callback(None)
+            else:
+                self.deferred.errback(result)
+        finally:
+            # Its upstream call holds methods of this object: no cycle.
+            self._call = None
 
     def _cancel(self, d: Deferred[None]) -> None:
         if self._over:

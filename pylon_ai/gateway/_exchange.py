@@ -427,3 +427,7 @@ class Exchange(_StreamOut):
             usage=self._usage,
             overhead=self._overhead,
         )
+        # The attempts hold this exchange's methods: let them go, so that
+        # the request's objects are freed now rather than by the cyclic
+        # collector (see pylon_ai.gateway._collector).
+        self._call = None
