@@ -313,10 +313,9 @@ def makeService(options: Options) -> IService:
     reactor.callWhenRunning(_stop_on_sigterm, reactor)
     if options["workers"] > 1:
         return _supervisor(options, reactor)
-    reactor.callWhenRunning(tune_collector)
-
     endpoint = serverFromString(reactor, options["endpoint"])
     gateway = Gateway(options.config, reactor)
+    reactor.callWhenRunning(tune_collector, gateway, reactor)
     service = GatewayService(gateway, endpoint)
     Logger().info(
         "pylon-ai serving models {models} on {endpoint}",
@@ -392,12 +391,13 @@ class _WorkerMaker:
         from twisted.internet import reactor
 
         reactor.callWhenRunning(_stop_on_sigterm, reactor)
-        reactor.callWhenRunning(tune_collector)
         endpoint = AdoptedStreamServerEndpoint(
             reactor, WORKER_FD, adopted_family(WORKER_FD)
         )
+        gateway = Gateway(options.config, reactor)
+        reactor.callWhenRunning(tune_collector, gateway, reactor)
         service = GatewayService(
-            Gateway(options.config, reactor),
+            gateway,
             endpoint,
             health={"worker": self.number, "pid": os.getpid()},
         )
