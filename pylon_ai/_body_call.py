@@ -16,7 +16,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from pylon_ai._call import _Call
+from pylon_ai._call import _Call, ignore
 from pylon_ai._call_errors import BodyTooLarge, _scrubbed_text
 from pylon_ai._errors import ProviderStreamError, excerpt
 from pylon_ai._json import loads
@@ -137,7 +137,7 @@ class BodyCall(_Call):
         self._abort()
 
     def _let_go(self) -> None:
-        self._on_body = _ignore
+        self._on_body = ignore
 
     def body_ended(self, data: bytes, reason: Failure) -> None:
         """
@@ -180,8 +180,3 @@ class BodyCall(_Call):
             self._fail(Failure())
         else:
             self._succeed()
-
-
-def _ignore(body: bytes, obj: dict[str, Any]) -> None:
-    # What a call that is over does with a late body.
-    return None

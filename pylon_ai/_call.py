@@ -331,3 +331,10 @@ class _Call:
         if self._on_start is not None:
             on_start, self._on_start = self._on_start, None
             on_start()
+
+
+def ignore(*args: object) -> None:
+    """
+    What a call that is over does with a late callback (see
+    L{_Call._let_go}).
+    """

@@ -44,6 +44,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
+from pylon_ai._call import ignore
 from pylon_ai._relay_decode import RelayDecoder, _fields
 from pylon_ai._sse import Event, EventTooLong, LineTooLong, SSEProtocol
 from pylon_ai.formats._frames import sse_frame
@@ -422,7 +423,7 @@ class Relay(Protocol):
         """
         The call is over: forget the consumer (no cycle through it).
         """
-        self._on_bytes = _drop
+        self._on_bytes = ignore
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """
@@ -439,8 +440,3 @@ class Relay(Protocol):
             self.done.callback(None)
         else:
             self.done.errback(reason)
-
-
-def _drop(data: bytes, count: int) -> None:
-    # What a relay whose call is over does with late bytes.
-    return None

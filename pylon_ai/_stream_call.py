@@ -20,7 +20,7 @@ from twisted.web.client import ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from pylon_ai._call import _Call, _ErrorBody
+from pylon_ai._call import _Call, _ErrorBody, ignore
 from pylon_ai._call_errors import _scrubbed_text
 from pylon_ai._errors import ProviderStreamError, excerpt
 from pylon_ai._relay import Relay
@@ -239,7 +239,7 @@ class StreamCall(_Call):
             self._eager = False
 
     def _let_go(self) -> None:
-        self._on_event = _ignore
+        self._on_event = ignore
         self._on_sse = None
         self.on_flush = None
         self._on_bytes = None
@@ -304,8 +304,3 @@ class _Flow:
 
     def stopProducing(self) -> None:
         self._transport.stopProducing()
-
-
-def _ignore(event: ModelEvent) -> None:
-    # What a call that is over does with a late event.
-    return None

@@ -132,15 +132,20 @@ class ApiError(Exception):
         return sse_frame(dumps(self.body(api)))
 
 
-def _their_words(body: str | None) -> str | None:
-    # The message of an error object in the upstream's body ({"error":
-    # {"message"}}, {"type": "error", "error": {...}}, {"detail"}...).
+def _parsed(body: str | None) -> Any:
+    # The upstream's body as JSON; None when there is none or it is not.
     if not body:
         return None
     try:
-        obj = loads(body)
+        return loads(body)
     except ValueError:
         return None
+
+
+def _their_words(obj: Any) -> str | None:
+    # The message of an error object in the upstream's parsed body
+    # ({"error": {"message"}}, {"type": "error", "error": {...}},
+    # {"detail"}...).
     if not isinstance(obj, dict):
         return None
     err = obj.get("error", obj)
@@ -156,16 +161,14 @@ def _their_words(body: str | None) -> str | None:
 def _upstream_detail(error: ProviderError) -> str:
     # The upstream's own words, from its body: never the error's message,
     # which names the upstream (its address, for a custom endpoint).
-    said = _their_words(error.body)
+    obj = _parsed(error.body)
+    said = _their_words(obj)
     if said is not None:
         return said
-    if error.body:
-        try:
-            loads(error.body)
-        except ValueError:
-            text = _SPACE.sub(" ", error.body[:_DETAIL_CHARS]).strip()
-            if text:
-                return f"the upstream provider rejected the request: {text}"
+    if error.body and obj is None:
+        text = _SPACE.sub(" ", error.body[:_DETAIL_CHARS]).strip()
+        if text:
+            return f"the upstream provider rejected the request: {text}"
     return f"the upstream provider rejected the request (HTTP {error.status})"
 
 
@@ -205,7 +208,7 @@ def api_error(exc: BaseException) -> ApiError:
         if isinstance(exc, ProviderStreamError):
             # An error event inside the stream: what the provider said, not
             # "broke off" (a client shows this message to its user).
-            said = _their_words(exc.body)
+            said = _their_words(_parsed(exc.body))
             if said is not None:
                 return ApiError(502, f"the upstream provider reported an error: {said}")
         if status is not None:

@@ -119,7 +119,9 @@ _NOT_PLAIN = frozenset((b"transfer-encoding", b"expect"))
 Whole = tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]
 
 
-def split_request(data: bytes, max_head: int = 16384) -> Whole | None:
+def split_request(
+    data: bytes, max_head: int = 16384, max_headers: int = 500
+) -> Whole | None:
     """
     Split C{data} when it is exactly one plain HTTP/1.1 request: the request
     line, header lines each C{name: value} (no folded lines, no
@@ -131,11 +133,14 @@ def split_request(data: bytes, max_head: int = 16384) -> Whole | None:
     L{None} and is left to Twisted's parser, which answers the malformed.
 
     @param max_head: The longest request line and headers taken.
+    @param max_headers: The most header lines taken.
     """
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > max_head:
         return None
     lines = data[:end].split(b"\r\n")
+    if len(lines) > max_headers + 1:
+        return None
     first = lines[0].split(b" ")
     if len(first) != 3:
         return None
@@ -290,8 +295,8 @@ class GatewayChannel(HTTPChannel):
             # Between requests, nothing of the next one read yet: a whole
             # plain request (what a client nearly always sends) is taken in
             # one pass rather than line by line.
-            whole = split_request(data, self.totalHeadersSize)
-            if whole is not None and len(whole[2]) <= self.maxHeaders:
+            whole = split_request(data, self.totalHeadersSize, self.maxHeaders)
+            if whole is not None:
                 self.resetTimeout()
                 self._whole_request(*whole)
                 return
